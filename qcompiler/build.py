@@ -1,0 +1,92 @@
+"""Compile a Relax module with QDQ ops into an executable with integer kernels, and export it.
+
+Pipeline (each step one pass or one call):
+  1. x86: store int8 activations as uint8 (passes.legalize_activations_to_uint8)
+  2. QDQ patterns -> fused integer kernels (passes.lower_qdq_to_integer); op summary
+  3. TVM legalization and fusion of the remaining ops (LegalizeOps, AnnotateTIROpPattern, FuseOps,
+     FuseTIR); integer kernels are marked opaque so fusion leaves them as their templates expect
+  4. schedules/ templates for every PrimFunc (schedules.apply_schedules)
+  5. tvm.compile: Relax VM lowering and LLVM codegen
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from . import passes
+from .artifact import write_library
+from .op_summary import summarize_ops
+from .runtime import Model
+from .signature import ModelSignature
+from .target import required_features, resolve_target
+
+
+def lower_to_integer(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Steps 1-2: the QDQ graph with integer kernels in place of QDQ patterns."""
+    import schedules
+    seq = [passes.legalize_activations_to_uint8] if schedules.is_x86(target) else []
+    seq += [passes.lower_qdq_to_integer, relax.transform.DeadCodeElimination()]
+    return tvm.transform.Sequential(seq)(mod)
+
+
+def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Steps 3-4."""
+    import schedules
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ])(mod)
+    return schedules.apply_schedules(mod, target)
+
+
+def _versions() -> dict:
+    def version(name):
+        try:
+            return pkg_metadata.version(name)
+        except pkg_metadata.PackageNotFoundError:
+            return None
+    return {"qcompiler": version("qcompiler"), "apache-tvm": version("apache-tvm"),
+            "apache-tvm-ffi": version("apache-tvm-ffi"), "python": platform.python_version()}
+
+
+class CompiledModel(Model):
+    """A model compiled in this process: callable like a loaded one, and exportable."""
+
+    def __init__(self, executable, metadata: dict):
+        super().__init__(relax.VirtualMachine(executable, tvm.cpu()), metadata, metadata.get("source", "<model>"))
+        self.executable = executable
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """Write the deployable ``.so`` (metadata inside); atomic."""
+        return write_library(self.executable, path, self.metadata)
+
+
+def build(mod: tvm.IRModule, signature: ModelSignature, target=None, *, source: str = "<module>") -> CompiledModel:
+    """Lower, schedule and compile ``mod`` for ``target`` (default: this machine's CPU)."""
+    target = resolve_target(target)
+    start = time.perf_counter()
+    lowered = lower_to_integer(mod, target)
+    summary = summarize_ops(lowered)
+    scheduled = schedule_module(lowered, target)
+    executable = tvm.compile(scheduled, target=target)
+    metadata = {
+        "source": source,
+        "signature": signature.to_json(),
+        "target": str(target),
+        "cpu": str(target.attrs.get("mcpu", "")),
+        "required_cpu_features": required_features(target),
+        "versions": _versions(),
+        "ops": summary,
+        "compile_seconds": round(time.perf_counter() - start, 3),
+    }
+    return CompiledModel(executable, metadata)

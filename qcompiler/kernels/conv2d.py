@@ -1,0 +1,51 @@
+"""Integer conv2d (NCHW activations, OIHW weights; grouped and depthwise included).
+
+The input is padded with its own zero point, so padding contributes exactly zero real value and
+the activation zero-point correction ``-zx * sum(w[o])`` is the same for every output pixel: it is
+folded into the per-channel offset at compile time. A weight zero point (rare: uint8 weights)
+needs the window sum of the input, computed in the same kernel.
+"""
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from .common import requantize_value
+
+
+def qconv2d(x, w, multiplier, offset, shift, weight_zero_point=None, *, strides, padding, dilation, groups: int,
+            pad_value: int, zero_point: int, lo: int, hi: int, out_dtype: str):
+    """x [N, C, H, W], w [O, C/groups, R, S] -> requantized [N, O, OH, OW]. padding = (top, left, bottom, right)."""
+    n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
+    o_dim, cg_dim, r_dim, s_dim = (int(v) for v in w.shape)
+    pt, pl, pb, pr = padding
+    sh, sw = strides
+    dh, dw = dilation
+    oh = (h_dim + pt + pb - dh * (r_dim - 1) - 1) // sh + 1
+    ow = (w_dim + pl + pr - dw * (s_dim - 1) - 1) // sw + 1
+    og = o_dim // groups
+
+    if pt or pl or pb or pr:
+        def padded(n, c, h, wi):
+            inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim)
+            return tirx.if_then_else(inside, x[n, c, h - pt, wi - pl], tirx.const(pad_value, x.dtype))
+        xp = te.compute((n_dim, c_dim, h_dim + pt + pb, w_dim + pl + pr), padded, name="pad")
+    else:
+        xp = x
+
+    c = te.reduce_axis((0, cg_dim), "c")
+    r = te.reduce_axis((0, r_dim), "r")
+    s = te.reduce_axis((0, s_dim), "s")
+    acc = te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: te.sum(
+        xp[n, (o // og) * cg_dim + c, h * sh + r * dh, wi * sw + s * dw].astype("int32")
+        * w[o, c, r, s].astype("int32"), axis=[c, r, s]), name="acc")
+    value = lambda n, o, h, wi: acc[n, o, h, wi]  # noqa: E731
+    if weight_zero_point is not None:
+        c2 = te.reduce_axis((0, cg_dim), "c2")
+        r2 = te.reduce_axis((0, r_dim), "r2")
+        s2 = te.reduce_axis((0, s_dim), "s2")
+        window = te.compute((n_dim, groups, oh, ow), lambda n, g, h, wi: te.sum(
+            xp[n, g * cg_dim + c2, h * sh + r2 * dh, wi * sw + s2 * dw].astype("int32"), axis=[c2, r2, s2]),
+            name="window_sum")
+        value = lambda n, o, h, wi: acc[n, o, h, wi] - weight_zero_point[o] * window[n, o // og, h, wi]  # noqa: E731
+    return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: requantize_value(
+        value(n, o, h, wi), multiplier[o], offset[o], shift[o], zero_point, lo, hi, out_dtype), name="requant")

@@ -1,0 +1,45 @@
+"""Integer matmul kernels: activation x constant weight (dense) and activation x activation.
+
+dense:         acc[m, n] = sum_k x[m, k] * w[k, n]  (- wzp[n] * sum_k x[m, k] if the weight has zero points)
+               The activation zero point and the bias are folded into the per-channel offset at compile
+               time (they only involve constant weight column sums), so the inner loop is a pure dot.
+batch_matmul:  acc[b, m, n] = sum_k (a[b, m, k] - za) * (b[b, k, n] - zb), both operands activations.
+"""
+from __future__ import annotations
+
+from tvm import te
+
+from .common import requantize_value
+
+
+def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_point: int, lo: int, hi: int,
+           out_dtype: str):
+    """x [M, K] (u8/s8), w [K, N] (s8) -> requantized [M, N]; or int32 + offset if ``multiplier`` is None."""
+    m_dim, k_dim = x.shape
+    n_dim = w.shape[1]
+    k = te.reduce_axis((0, k_dim), "k")
+    acc = te.compute((m_dim, n_dim), lambda i, j: te.sum(x[i, k].astype("int32") * w[k, j].astype("int32"), axis=k),
+                     name="acc")
+    value = lambda i, j: acc[i, j]  # noqa: E731
+    if weight_zero_point is not None:
+        kr = te.reduce_axis((0, k_dim), "kr")
+        rowsum = te.compute((m_dim,), lambda i: te.sum(x[i, kr].astype("int32"), axis=kr), name="rowsum")
+        value = lambda i, j: acc[i, j] - weight_zero_point[j] * rowsum[i]  # noqa: E731
+    if multiplier is None:
+        return te.compute((m_dim, n_dim), lambda i, j: value(i, j) + offset[j].astype("int32"), name="requant")
+    return te.compute((m_dim, n_dim), lambda i, j: requantize_value(
+        value(i, j), multiplier[j], offset[j], shift[j], zero_point, lo, hi, out_dtype), name="requant")
+
+
+def qbatch_matmul(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int, offset: int, shift: int,
+                  zero_point: int, lo: int, hi: int, out_dtype: str):
+    """a [B, M, K], b [B, K, N] (u8/s8, per-tensor zero points) -> requantized [B, M, N]."""
+    batch, m_dim, k_dim = a.shape
+    n_dim = b.shape[2]
+    k = te.reduce_axis((0, k_dim), "k")
+    acc = te.compute((batch, m_dim, n_dim), lambda p, i, j: te.sum(
+        (a[p, i, k].astype("int32") - a_zero_point) * (b[p, k, j].astype("int32") - b_zero_point), axis=k),
+        name="acc")
+    return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
+        acc[p, i, j], te.const(multiplier, "int32"), te.const(offset, "int64"), te.const(shift, "int64"),
+        zero_point, lo, hi, out_dtype), name="requant")

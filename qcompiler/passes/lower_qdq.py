@@ -1,0 +1,223 @@
+"""QDQ -> integer kernels: materialize the plans found by ``qdq_analysis``.
+
+For every ``quantize`` whose input has an integer description, the quantize binding is replaced by
+one fused integer kernel (int8/uint8 x int8 -> int32 accumulate, zero-point correction, bias in
+int32, fixed-point requantize, clamp) built from ``qcompiler.kernels``. The float ops it replaces
+become dead and are removed by DeadCodeElimination; whatever has no integer rule is left as it was
+(an fp32 island between its dequantize and quantize).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .. import kernels
+from ..errors import QCompilerError
+from ..quant.fixed_point import quantize_multiplier
+from .qdq_analysis import analyze
+from .qvalues import Accumulator, Concat, LinearSum, OpSource, QActivation, QConstant, QParams, VarSource
+
+
+def _int_const(values, dtype: str) -> tvm.ir.GenericConst:
+    return relax.const(np.ascontiguousarray(np.asarray(values).astype(dtype)), dtype)
+
+
+def _signed_weight(w: QConstant) -> tuple[np.ndarray, np.ndarray]:
+    """Weights as int8 (VNNI multiplies u8 x s8): uint8 weights shift by -128 with their zero point."""
+    q, zp = w.q.astype(np.int64), w.zero_point
+    if w.q.dtype == np.uint8:
+        q, zp = q - 128, zp - 128
+    elif w.q.dtype != np.int8:
+        raise QCompilerError(f"weights of dtype {w.q.dtype} are not supported by integer kernels; quantize weights "
+                             "to int8 or uint8")
+    return q.astype(np.int8), zp
+
+
+def _clamp_bounds(lo: float, hi: float, out: QParams) -> tuple[int, int]:
+    """Real clamp bounds (relu/clip folded into the accumulator) as quantized bounds of the output."""
+    q_lo, q_hi = out.qmin, out.qmax
+    if not math.isinf(lo):
+        q_lo = max(q_lo, out.zero_point + int(np.round(lo / out.scale)))
+    if not math.isinf(hi):
+        q_hi = min(q_hi, out.zero_point + int(np.round(hi / out.scale)))
+    return q_lo, max(q_lo, q_hi)
+
+
+@relax.expr_functor.mutator
+class _Lowerer(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, plans: dict):
+        super().__init__(mod)
+        self.plans = plans
+        self.memo: dict = {}
+
+    # ------------------------------------------------------------------ bindings
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        plan = self.plans.get(binding.var)
+        if plan is None:
+            return super().visit_var_binding_(binding)
+        description, call = plan
+        if call.op.name == "relax.astype":
+            value = self._accumulator(description, None, call)
+        else:
+            out = QParams(float(np.float32(call.args[1].value.numpy().reshape(()))),
+                          int(call.args[2].value.numpy().reshape(())), str(call.attrs.out_dtype))
+            value = self._quantized(description, out, call)
+        if isinstance(binding.var, relax.DataflowVar):
+            new_var = self.builder_.emit(value, name_hint=binding.var.name)
+        else:
+            new_var = self.builder_.emit_output(value, name_hint=binding.var.name)
+        self.set_var_remap(binding.var, new_var)
+
+    # ------------------------------------------------------------------ integer tensors
+    def _int_tensor(self, source) -> relax.Expr:
+        if isinstance(source, tuple):
+            return relax.Tuple([self._int_tensor(s) for s in source])
+        key = id(source)
+        if key in self.memo:
+            return self.memo[key][1]
+        if isinstance(source, VarSource):
+            expr = self.visit_expr(source.var)
+        else:
+            call = source.call
+            args = [self._int_tensor(source.input)] + [self.visit_expr(a) for a in call.args[1:]]
+            expr = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+        self.memo[key] = (source, expr)  # keep the source alive so id() stays unique
+        return expr
+
+    def _reshape(self, expr: relax.Expr, shape) -> relax.Expr:
+        if tuple(int(d) for d in expr.ty.shape.values) == tuple(shape):
+            return expr
+        return self.builder_.emit(relax.op.reshape(expr, list(shape)))
+
+    def _kernel(self, fn, kind: str, *args, **kwargs) -> relax.Expr:
+        return self.builder_.emit(self.builder_.call_te(
+            fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs={kernels.KERNEL_ATTR: kind}, **kwargs))
+
+    # ------------------------------------------------------------------ quantize(description)
+    def _quantized(self, d, out: QParams, call: relax.Call) -> relax.Expr:
+        if isinstance(d, Accumulator):
+            return self._accumulator(d, out, call)
+        if isinstance(d, QActivation):
+            d = LinearSum((d,), (1.0,))
+        if isinstance(d, LinearSum):
+            return self._linear_sum(d, out, call)
+        if isinstance(d, Concat):
+            parts = [self._quantized(t, out, call) for t in d.terms]
+            return relax.op.concat(parts, axis=int(d.call.attrs.axis))
+        raise TypeError(d)
+
+    def _linear_sum(self, d: LinearSum, out: QParams, call: relax.Call) -> relax.Expr:
+        lo, hi = _clamp_bounds(d.lo, d.hi, out)
+        if len(d.terms) == 1:
+            (term,) = d.terms
+            x = self._int_tensor(term.source)
+            if term.params == out and lo <= out.qmin and hi >= out.qmax:
+                return x
+            fp = quantize_multiplier(term.params.scale / out.scale, "requantize")
+            return self._kernel(kernels.requantize, "requantize", x, input_zero_point=term.params.zero_point,
+                                multiplier=int(fp.multiplier[0]), shift=int(fp.shift[0]), zero_point=out.zero_point,
+                                lo=lo, hi=hi, out_dtype=out.dtype)
+        a, b = d.terms
+        ra, rb = a.params.scale / out.scale, b.params.scale / out.scale
+        shift = int(quantize_multiplier(max(ra, rb), "add").shift[0])
+        ma, mb = int(round(ra * 2.0 ** shift)), int(round(rb * 2.0 ** shift) * d.coefficients[1])
+        out_shape = tuple(int(v) for v in call.args[0].ty.shape.values)
+        return self._kernel(kernels.qadd, "add", self._int_tensor(a.source), self._int_tensor(b.source),
+                            out_shape=out_shape, a_zero_point=a.params.zero_point, b_zero_point=b.params.zero_point,
+                            a_multiplier=ma, b_multiplier=mb, shift=shift, zero_point=out.zero_point, lo=lo, hi=hi,
+                            out_dtype=out.dtype)
+
+    def _accumulator(self, d: Accumulator, out: QParams | None, call: relax.Call) -> relax.Expr:
+        """One fused kernel: integer accumulate + zero-point terms + bias + requantize + clamp.
+
+        ``out`` None means an exact int32 accumulator (MatMulInteger/ConvInteger) without requantize.
+        """
+        out_shape = d.attrs["out_shape"]
+        channels = out_shape[d.channel_axis]
+        scale = np.broadcast_to(d.scale, (channels,)).astype(np.float64)
+        bias = np.zeros(channels, np.int64) if d.bias is None else np.round(d.bias / scale).astype(np.int64)
+        if out is None:
+            lo = hi = zero_point = 0
+            out_dtype = "int32"
+            fp = None
+        else:
+            lo, hi = _clamp_bounds(d.lo, d.hi, out)
+            zero_point, out_dtype = out.zero_point, out.dtype
+            fp = quantize_multiplier(scale / out.scale, f"{d.kind} requantize")
+        common = dict(zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype)
+
+        if d.kind in ("dense", "conv2d"):
+            x, w = d.operands
+            wq, wzp = _signed_weight(w)
+            if d.kind == "dense":
+                wzp = wzp[0, :]
+                reduce_axes, k_size = (0,), wq.shape[0]
+            else:
+                wzp = wzp[:, 0, 0, 0]
+                reduce_axes, k_size = (1, 2, 3), int(np.prod(wq.shape[1:]))
+            za = x.params.zero_point
+            colsum = wq.astype(np.int64).sum(axis=reduce_axes)
+            acc_offset = bias - za * colsum + k_size * za * wzp
+            wzp_arg = {"weight_zero_point": _int_const(wzp, "int32")} if np.any(wzp != 0) else {}
+            if fp is None:
+                params = (None, _int_const(acc_offset, "int32"), None)
+            else:
+                params = (_int_const(fp.multiplier, "int32"), _int_const(fp.offset(acc_offset), "int64"),
+                          _int_const(fp.shift, "int64"))
+            xi = self._int_tensor(x.source)
+            if d.kind == "dense":
+                k_dim = wq.shape[0]
+                x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), k_dim))
+                y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **wzp_arg, **common)
+                return self._reshape(y, out_shape)
+            a = d.attrs
+            return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **wzp_arg,
+                                strides=a["strides"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
+                                pad_value=za, **common)
+
+        if fp is None:
+            raise TypeError(d.kind)
+        offset = int(fp.offset(bias[:1])[0])
+        if d.kind == "batch_matmul":
+            a, b = d.operands
+            ai, bi = self._int_tensor(a.source), self._int_tensor(b.source)
+            a_shape = [int(v) for v in ai.ty.shape.values]
+            b_shape = [int(v) for v in bi.ty.shape.values]
+            batch = int(np.prod(a_shape[:-2]))
+            y = self._kernel(kernels.qbatch_matmul, "batch_matmul", self._reshape(ai, (batch, *a_shape[-2:])),
+                             self._reshape(bi, (batch, *b_shape[-2:])), a_zero_point=a.params.zero_point,
+                             b_zero_point=b.params.zero_point, multiplier=int(fp.multiplier[0]), offset=offset,
+                             shift=int(fp.shift[0]), **common)
+            return self._reshape(y, out_shape)
+        if d.kind == "mul":
+            a, b = d.operands
+            return self._kernel(kernels.qmul, "mul", self._int_tensor(a.source), self._int_tensor(b.source),
+                                out_shape=tuple(out_shape), a_zero_point=a.params.zero_point,
+                                b_zero_point=b.params.zero_point, multiplier=int(fp.multiplier[0]),
+                                shift=int(fp.shift[0]), **common)
+        if d.kind == "avg_pool2d":
+            (x,) = d.operands
+            return self._kernel(kernels.qavg_pool2d, "avg_pool2d", self._int_tensor(x.source),
+                                pool_size=d.attrs["pool_size"], strides=d.attrs["strides"],
+                                padding=d.attrs["padding"], input_zero_point=x.params.zero_point,
+                                multiplier=int(fp.multiplier[0]), offset=offset, shift=int(fp.shift[0]), **common)
+        raise TypeError(d.kind)
+
+
+@tvm.transform.module_pass(opt_level=0, name="qcompiler.LowerQDQToInteger")
+def lower_qdq_to_integer(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """Rewrite QDQ patterns of every Relax function into integer kernels (see module docstring)."""
+    plans = {}
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            plans.update(analyze(func).plans)
+    if not plans:
+        return mod
+    lowerer = _Lowerer(mod, plans)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            lowerer.builder_.update_func(gvar, lowerer.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(lowerer.builder_.get())

@@ -1,0 +1,43 @@
+"""Per-target schedule templates for qcompiler's integer kernels.
+
+A template is a dlight ``ScheduleRule``: ``apply(func, target, tunable)`` returns a Schedule or None.
+The registry below maps a target to its rules, most specific first; adding a target means adding a
+module and a line here. ``apply_schedules`` runs them over every PrimFunc of a module (dlight's
+``ApplyDefaultSchedule``); a PrimFunc no rule takes is an error for integer kernels, because TVM's
+unscheduled default runs an int8 GEMM at ~2 GOP/s.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import dlight
+from tvm.target import Target
+
+from .cpu_fallback import CPUFallback
+from .x86_generic import X86IntegerKernels
+
+KERNEL_ATTR = "qcompiler.kernel"
+
+
+def is_x86(target: Target) -> bool:
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return target.kind.name == "llvm" and (not triple or triple.startswith(("x86_64", "i686")))
+
+
+def rules_for(target: Target) -> list[dlight.ScheduleRule]:
+    """The schedule rules for ``target``, most specific first."""
+    if is_x86(target):
+        return [X86IntegerKernels(), CPUFallback()]
+    if target.kind.name == "llvm":
+        return [CPUFallback()]
+    raise ValueError(f"no schedule templates for target kind {target.kind.name!r}")
+
+
+def apply_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Schedule every PrimFunc of ``mod`` for ``target``; integer kernels must all be taken."""
+    with target:
+        mod = dlight.ApplyDefaultSchedule(*rules_for(target))(mod)
+    for gvar, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and KERNEL_ATTR in func.attrs and \
+                not func.attrs.get("tirx.is_scheduled", False):
+            raise RuntimeError(f"integer kernel {gvar.name_hint} ({func.attrs[KERNEL_ATTR]}) got no schedule")
+    return mod

@@ -1,0 +1,258 @@
+"""Bit-exactness of every integer kernel, through the whole QDQ -> integer -> scheduled path.
+
+Each case builds a tiny Relax QDQ graph (integer inputs and outputs, so nothing float is compared),
+compiles it with qcompiler's pipeline for the host CPU, and compares against the numpy integer
+reference in int_reference.py: 0 differing elements allowed. Cases also assert that the op really
+became an integer kernel (no fp32 island), so a silent fallback cannot pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tvm import relax
+
+import int_reference as ref
+from qcompiler.build import build
+from qcompiler.signature import ModelSignature, TensorSpec
+
+RNG = np.random.default_rng(2024)
+
+
+def f32(v) -> float:
+    return float(np.float32(v))
+
+
+def _c(value, dtype):
+    return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+
+def dq(bb, x, scale, zp, axis=-1):
+    scale = np.asarray(scale, np.float32)
+    zp = np.asarray(zp, str(x.ty.dtype) if isinstance(x, relax.Var) else x.value.numpy().dtype)
+    return bb.emit(relax.op.dequantize(x, relax.const(scale), relax.const(zp), axis=axis))
+
+
+def q(bb, y, scale, zp, dtype):
+    return bb.emit(relax.op.quantize(y, relax.const(np.float32(scale)), _c(zp, dtype), axis=-1, out_dtype=dtype))
+
+
+def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str):
+    """Build main(inputs...) = body(bb, vars), compile with qcompiler, return a runner."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(n, relax.TensorType(v.shape, str(v.dtype))) for n, v in inputs.items()]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, *params))
+        bb.emit_func_output(out)
+    out_ty = out.ty
+    sig = ModelSignature(tuple(TensorSpec(n, v.shape, str(v.dtype)) for n, v in inputs.items()),
+                         (TensorSpec("y", tuple(int(d) for d in out_ty.shape.values), str(out_ty.dtype)),))
+    model = build(bb.get(), sig)
+    ops = model.metadata["ops"]
+    assert ops["fp32"] == {}, f"fell back to float: {ops}"
+    assert ops["int8"].get(expect_kernel, 0) >= 1, ops
+    return model(**inputs)
+
+
+def rand_q(shape, dtype):
+    lo, hi = ref.RANGES[dtype]
+    return RNG.integers(lo, hi + 1, shape).astype(dtype)
+
+
+def assert_exact(ours, expected):
+    assert ours.dtype == expected.dtype and ours.shape == expected.shape
+    diff = int(np.count_nonzero(ours.astype(np.int64) != expected.astype(np.int64)))
+    assert diff == 0, f"{diff} of {expected.size} elements differ (max |d| = " \
+                      f"{np.abs(ours.astype(np.int64) - expected).max()})"
+
+
+# ------------------------------------------------------------------------------------------- dense
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 33, 100), (16, 128, 96), (4, 30, 17), (1, 768, 64)])
+@pytest.mark.parametrize("x_dtype,w_dtype,per_channel,out_dtype,act", [
+    ("uint8", "int8", True, "uint8", None),
+    ("int8", "int8", False, "int8", "relu"),
+    ("uint8", "uint8", True, "int8", "clip"),  # uint8 weights: nonzero weight zero points
+])
+def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act):
+    x = rand_q((m, k), x_dtype)
+    w = rand_q((k, n), w_dtype)
+    zx = int(RNG.integers(-20, 20)) + (128 if x_dtype == "uint8" else 0)
+    sx = f32(0.02)
+    sw = (RNG.uniform(0.002, 0.01, n) if per_channel else np.full(n, 0.005)).astype(np.float32)
+    zw = (RNG.integers(100, 156, n) if w_dtype == "uint8" else np.zeros(n, np.int64))
+    if not per_channel:
+        zw = np.full(n, zw[0])
+    bias = RNG.integers(-3000, 3000, n)
+    so, zo = f32(0.9 * np.sqrt(k) / 8), (3 if out_dtype == "int8" else 120)
+    clip_lo, clip_hi = -0.5, 6.0
+
+    def body(bb, xv):
+        wd = dq(bb, relax.const(w), sw if per_channel else sw[:1], zw if per_channel else zw[:1], axis=1)
+        y = bb.emit(relax.op.matmul(dq(bb, xv, sx, zx), wd))
+        bd = dq(bb, relax.const(bias.astype(np.int32)), (np.float32(sx) * sw).astype(np.float32), np.zeros(n, np.int32), 0)
+        y = bb.emit(relax.op.add(y, bd))
+        if act == "relu":
+            y = bb.emit(relax.op.nn.relu(y))
+        elif act == "clip":
+            y = bb.emit(relax.op.clip(y, clip_lo, clip_hi))
+        return q(bb, y, so, zo, out_dtype)
+
+    ours = compile_graph({"x": x}, body, "dense")
+    real = np.float64(sx) * sw.astype(np.float64) / np.float64(so)
+    lo = hi = None
+    if act == "relu":
+        lo = zo
+    elif act == "clip":
+        lo, hi = zo + int(np.round(clip_lo / so)), zo + int(np.round(clip_hi / so))
+    assert_exact(ours, ref.qdense(x, zx, w, zw, bias, real, zo, out_dtype, lo, hi))
+
+
+# ------------------------------------------------------------------------------------------- conv2d
+CONV_CASES = {  # name: (C, H, W, O, R, S, strides, padding (t, l, b, r), dilation, groups)
+    "3x3_pad1": (8, 10, 12, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3_stride2": (6, 11, 9, 10, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "1x1": (16, 7, 7, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "5x3_asym_pad": (4, 9, 8, 8, 5, 3, (1, 2), (2, 1, 0, 1), (1, 1), 1),
+    "dilated": (4, 12, 12, 8, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
+    "grouped": (8, 8, 8, 12, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 4),
+    "depthwise": (16, 14, 14, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    "depthwise_s2": (12, 9, 9, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 12),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+@pytest.mark.parametrize("x_dtype,w_dtype,out_dtype", [("uint8", "int8", "uint8"), ("int8", "uint8", "int8")])
+def test_conv2d(case, x_dtype, w_dtype, out_dtype):
+    c, h, wd, o, r, s, strides, padding, dilation, groups = CONV_CASES[case]
+    x = rand_q((1, c, h, wd), x_dtype)
+    w = rand_q((o, c // groups, r, s), w_dtype)
+    zx = int(RNG.integers(-30, 30)) + (128 if x_dtype == "uint8" else 0)
+    sx, so = f32(0.03), f32(0.4 * np.sqrt(c // groups * r * s))
+    sw = RNG.uniform(0.002, 0.01, o).astype(np.float32)
+    zw = RNG.integers(110, 146, o) if w_dtype == "uint8" else np.zeros(o, np.int64)
+    bias = RNG.integers(-5000, 5000, o)
+    zo = 5 if out_dtype == "int8" else 100
+
+    def body(bb, xv):
+        wdq = dq(bb, relax.const(w), sw, zw, axis=0)
+        y = bb.emit(relax.op.nn.conv2d(dq(bb, xv, sx, zx), wdq, strides=strides, padding=padding, dilation=dilation,
+                                       groups=groups))
+        bd = dq(bb, relax.const(bias.astype(np.int32)), (np.float32(sx) * sw).astype(np.float32), np.zeros(o, np.int32), 0)
+        y = bb.emit(relax.op.add(y, bb.emit(relax.op.reshape(bd, (1, o, 1, 1)))))
+        y = bb.emit(relax.op.nn.relu(y))
+        return q(bb, y, so, zo, out_dtype)
+
+    ours = compile_graph({"x": x}, body, "conv2d")
+    real = np.float64(sx) * sw.astype(np.float64) / np.float64(so)
+    expected = ref.qconv2d(x, zx, w, zw, bias, real, zo, out_dtype, strides, padding, dilation, groups, lo=zo)
+    assert_exact(ours, expected)
+
+
+# ------------------------------------------------------------------------------------------- batch matmul
+@pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 8, 16), (2, 3, 16, 12)), ((12, 16, 64), (12, 64, 16)),
+                                             ((1, 5, 7), (1, 7, 9))])
+def test_batch_matmul(a_shape, b_shape):
+    a, b = rand_q(a_shape, "uint8"), rand_q(b_shape, "int8")
+    za, zb, sa, sb, so, zo = 131, -7, f32(0.05), f32(0.04), f32(0.6), 110
+
+    def body(bb, av, bv):
+        return q(bb, bb.emit(relax.op.matmul(dq(bb, av, sa, za), dq(bb, bv, sb, zb))), so, zo, "uint8")
+
+    ours = compile_graph({"a": a, "b": b}, body, "batch_matmul")
+    acc = np.matmul(a.astype(np.int64) - za, b.astype(np.int64) - zb)
+    real = np.float64(sa) * np.float64(sb) / np.float64(so)
+    assert_exact(ours, ref.saturate(ref.fixed_point_round(acc, real), zo, "uint8"))
+
+
+# ------------------------------------------------------------------------------------------- elementwise
+@pytest.mark.parametrize("op", ["add", "subtract"])
+@pytest.mark.parametrize("a_shape,b_shape", [((1, 8, 5, 5), (1, 8, 5, 5)), ((2, 16, 32), (32,)), ((4, 1, 6), (1, 3, 1))])
+def test_add(op, a_shape, b_shape):
+    a, b = rand_q(a_shape, "uint8"), rand_q(b_shape, "int8")
+    za, zb, sa, sb, so, zo = 120, 3, f32(0.031), f32(0.017), f32(0.05), 77
+
+    def body(bb, av, bv):
+        y = bb.emit(getattr(relax.op, op)(dq(bb, av, sa, za), dq(bb, bv, sb, zb)))
+        return q(bb, bb.emit(relax.op.nn.relu(y)), so, zo, "uint8")
+
+    ours = compile_graph({"a": a, "b": b}, body, "add")
+    sign = 1.0 if op == "add" else -1.0
+    real_a = np.float64(sa) / np.float64(so)
+    real_b = np.float64(sb) / np.float64(so)
+    shift = int(ref.quantize_multiplier(max(real_a, real_b)).shift[0])
+    ma, mb = int(round(real_a * 2.0 ** shift)), int(round(real_b * 2.0 ** shift) * sign)
+    bb_ = np.broadcast_to(b, np.broadcast_shapes(a_shape, b_shape))
+    v = (np.broadcast_to(a, bb_.shape).astype(np.int64) - za) * ma + (bb_.astype(np.int64) - zb) * mb
+    expected = ref.saturate((v + (1 << (shift - 1))) >> shift, zo, "uint8", lo=zo)
+    assert_exact(ours, expected)
+
+
+def test_mul():
+    a, b = rand_q((3, 40), "int8"), rand_q((3, 40), "uint8")
+    za, zb, sa, sb, so, zo = -4, 128, f32(0.05), f32(0.02), f32(0.08), 0
+
+    def body(bb, av, bv):
+        return q(bb, bb.emit(relax.op.multiply(dq(bb, av, sa, za), dq(bb, bv, sb, zb))), so, zo, "int8")
+
+    ours = compile_graph({"a": a, "b": b}, body, "mul")
+    acc = (a.astype(np.int64) - za) * (b.astype(np.int64) - zb)
+    assert_exact(ours, ref.saturate(ref.fixed_point_round(acc, np.float64(sa) * np.float64(sb) / np.float64(so)),
+                                    zo, "int8"))
+
+
+@pytest.mark.parametrize("in_dtype,out_dtype", [("uint8", "uint8"), ("int8", "uint8"), ("uint8", "int8")])
+def test_requantize(in_dtype, out_dtype):
+    x = rand_q((5, 33), in_dtype)
+    zx, sx, so, zo = (140 if in_dtype == "uint8" else 12), f32(0.07), f32(0.031), (-10 if out_dtype == "int8" else 90)
+
+    def body(bb, xv):
+        return q(bb, dq(bb, xv, sx, zx), so, zo, out_dtype)
+
+    ours = compile_graph({"x": x}, body, "requantize")
+    assert_exact(ours, ref.requantize(x, zx, np.float64(sx) / np.float64(so), zo, out_dtype))
+
+
+# ------------------------------------------------------------------------------------------- pooling
+@pytest.mark.parametrize("kind", ["global", "avg2x2", "avg3x3_pad"])
+def test_avg_pool(kind):
+    x = rand_q((1, 12, 8, 8), "uint8")
+    zx, sx, so, zo = 133, f32(0.05), f32(0.03), 125
+
+    def body(bb, xv):
+        d = dq(bb, xv, sx, zx)
+        if kind == "global":
+            y = bb.emit(relax.op.nn.adaptive_avg_pool2d(d, output_size=(1, 1)))
+        elif kind == "avg2x2":
+            y = bb.emit(relax.op.nn.avg_pool2d(d, pool_size=(2, 2), strides=(2, 2)))
+        else:
+            y = bb.emit(relax.op.nn.avg_pool2d(d, pool_size=(3, 3), strides=(1, 1), padding=(1, 1, 1, 1),
+                                               count_include_pad=True))
+        return q(bb, y, so, zo, "uint8")
+
+    ours = compile_graph({"x": x}, body, "avg_pool2d")
+    xc = x.astype(np.int64) - zx
+    if kind == "global":
+        acc, count = xc.sum(axis=(2, 3), keepdims=True), 64
+    elif kind == "avg2x2":
+        acc, count = xc.reshape(1, 12, 4, 2, 4, 2).sum(axis=(3, 5)), 4
+    else:
+        p = np.pad(xc, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        acc, count = sum(p[:, :, i:i + 8, j:j + 8] for i in range(3) for j in range(3)), 9
+    real = np.float64(sx) / count / np.float64(so)
+    assert_exact(ours, ref.saturate(ref.fixed_point_round(acc, real), zo, "uint8"))
+
+
+def test_layout_ops_and_max_pool_stay_integer():
+    """max-pool, reshape and transpose run on the integer tensor (same scale): identical values."""
+    x = rand_q((1, 4, 6, 6), "uint8")
+    zx, sx = 128, f32(0.1)
+
+    def body(bb, xv):
+        d = dq(bb, xv, sx, zx)
+        y = bb.emit(relax.op.nn.max_pool2d(d, pool_size=(2, 2), strides=(2, 2)))
+        y = bb.emit(relax.op.permute_dims(bb.emit(relax.op.reshape(y, (1, 4, 9))), [0, 2, 1]))
+        return q(bb, y, sx, zx, "uint8")
+
+    ours = compile_graph({"x": x}, body, "max_pool2d")
+    expected = x.reshape(1, 4, 3, 2, 3, 2).max(axis=(3, 5)).reshape(1, 4, 9).transpose(0, 2, 1)
+    assert_exact(ours, expected)
