@@ -256,3 +256,35 @@ def test_layout_ops_and_max_pool_stay_integer():
     ours = compile_graph({"x": x}, body, "max_pool2d")
     expected = x.reshape(1, 4, 3, 2, 3, 2).max(axis=(3, 5)).reshape(1, 4, 9).transpose(0, 2, 1)
     assert_exact(ours, expected)
+
+
+# ------------------------------------------------------------------------------------------- float epilogue
+@pytest.mark.parametrize("kind", ["dense", "conv2d"])
+def test_integer_kernel_with_float_output(kind):
+    """A quantized dot product whose result stays float (e.g. a final Linear): int8 kernel, fp32 epilogue."""
+    x = rand_q((3, 40) if kind == "dense" else (1, 6, 7, 7), "uint8")
+    zx, sx = 121, f32(0.02)
+    n = 24
+    w = rand_q((40, n) if kind == "dense" else (n, 6, 3, 3), "int8")
+    sw = RNG.uniform(0.002, 0.01, n).astype(np.float32)
+    bias = RNG.standard_normal(n).astype(np.float32)
+
+    def body(bb, xv):
+        wd = dq(bb, relax.const(w), sw, np.zeros(n, np.int8), axis=1 if kind == "dense" else 0)
+        if kind == "dense":
+            y = bb.emit(relax.op.matmul(dq(bb, xv, sx, zx), wd))
+            return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, relax.const(bias)))))
+        y = bb.emit(relax.op.nn.conv2d(dq(bb, xv, sx, zx), wd, padding=(1, 1, 1, 1)))
+        return bb.emit(relax.op.nn.relu(bb.emit(relax.op.add(y, relax.const(bias.reshape(1, n, 1, 1))))))
+
+    ours = compile_graph({"x": x}, body, kind)
+    scale = (np.float64(sx) * sw.astype(np.float64)).astype(np.float32)
+    if kind == "dense":
+        acc = (x.astype(np.int64) - zx) @ w.astype(np.int64)
+        expected = acc.astype(np.float32) * scale + bias
+    else:
+        acc = ref.conv2d_acc(x, zx, w, np.zeros(n), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        expected = acc.astype(np.float32) * scale.reshape(1, n, 1, 1) + bias.reshape(1, n, 1, 1)
+    expected = np.maximum(expected, 0).astype(np.float32)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)  # fp32 rounding (FMA contraction) only

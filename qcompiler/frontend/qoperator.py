@@ -32,7 +32,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import (AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper,
+                  numpy_helper)
 
 from ..errors import QCompilerError
 
@@ -77,7 +78,7 @@ def _numel(shape: tuple[int | None, ...] | None) -> int | None:
 
 @dataclass(frozen=True)
 class _QParams:
-    """A (scale, zero point) pair ready for Q/DQ: rank-0 when `axis` is None, else equal-length 1-D."""
+    """Scale and zero point ready for Q/DQ: rank 0 when `axis` is None, else equal-length 1-D."""
 
     scale: str
     zero_point: str | None
@@ -171,7 +172,7 @@ class _Rewriter:
         return name
 
     def memo(self, key: tuple, make: Callable[[], str]) -> str:
-        """Reuse a derived constant (e.g. a reshaped scale shared by many nodes) within one graph."""
+        """Reuse a derived constant (e.g. a reshaped scale used by many nodes) within one graph."""
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
@@ -262,6 +263,13 @@ def _attr(node: NodeProto, name: str, default=None):
         if attr.name == name:
             return helper.get_attribute_value(attr)
     return default
+
+
+def _required_attr(node: NodeProto, name: str):
+    value = _attr(node, name)
+    if value is None:
+        raise _unsupported(node, f"required attribute '{name}' is missing")
+    return value
 
 
 def _attrs_except(node: NodeProto, *dropped: str) -> list[AttributeProto]:
@@ -563,9 +571,10 @@ def _qlinear_concat(rw: _Rewriter, node: NodeProto) -> None:
     if len(node.input) < 5 or (len(node.input) - 2) % 3:
         raise _unsupported(node, "inputs must be Y_scale, Y_zero_point and (X, scale, zero point) "
                                  "triples")
-    parts = [_dequantize(rw, node.input[i], _qparams(rw, node, node.input[i + 1], _input(node, i + 2)))
+    parts = [_dequantize(rw, node.input[i],
+                         _qparams(rw, node, node.input[i + 1], _input(node, i + 2)))
              for i in range(2, len(node.input), 3)]
-    yf = rw.op("Concat", parts, axis=int(_attr(node, "axis")))
+    yf = rw.op("Concat", parts, axis=int(_required_attr(node, "axis")))
     _quantize(rw, node, yf, ys, yz, like=node.input[2], out=node.output[0],
               rank=rw.rank(node.input[2]))
 
@@ -592,7 +601,7 @@ def _qlinear_softmax(rw: _Rewriter, node: NodeProto) -> None:
     float Softmax emitted here has the model's semantics, so a mismatch is bridged with
     Flatten/Reshape or rejected.
     """
-    legacy = int(_attr(node, "opset")) < 13
+    legacy = int(_required_attr(node, "opset")) < 13
     axis = int(_attr(node, "axis", -1))
     x = _input(node, 0)
     rank = rw.rank(x)
@@ -668,7 +677,8 @@ def _upgrade_opset(model: ModelProto, version: int) -> ModelProto:
 def _uses_domain(model: ModelProto, domain: str) -> bool:
     graphs = list(_graphs(model.graph))
     nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
-    return any(n.domain == domain for n in nodes) or any(f.domain == domain for f in model.functions)
+    return (any(n.domain == domain for n in nodes)
+            or any(f.domain == domain for f in model.functions))
 
 
 def qoperator_to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:

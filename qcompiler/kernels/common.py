@@ -21,3 +21,17 @@ def broadcast_load(tensor: te.Tensor, out_indices: tuple) -> tirx.PrimExpr:
     tail = out_indices[len(out_indices) - rank:] if rank else ()
     idx = [0 if int(dim) == 1 else i for dim, i in zip(tensor.shape, tail)]
     return tensor[tuple(idx)] if rank else tensor()
+
+
+def dequantize_value(acc, scale, bias, lo: float, hi: float):
+    """``clamp(float32(acc) * scale + bias, lo, hi)``: an integer accumulator leaving as fp32.
+
+    Used when the consumer of a quantized dot product is a float op (or the model output), e.g. a
+    final Linear whose output is not re-quantized: the dot product stays in int8 x int8 -> int32.
+    """
+    v = acc.astype("float32") * scale + bias
+    if lo != float("-inf"):
+        v = te.max(v, tirx.const(lo, "float32"))
+    if hi != float("inf"):
+        v = te.min(v, tirx.const(hi, "float32"))
+    return v

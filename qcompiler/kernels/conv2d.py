@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from .common import requantize_value
+from .common import dequantize_value, requantize_value
 
 
 def qconv2d(x, w, multiplier, offset, shift, weight_zero_point=None, *, strides, padding, dilation, groups: int,
-            pad_value: int, zero_point: int, lo: int, hi: int, out_dtype: str):
-    """x [N, C, H, W], w [O, C/groups, R, S] -> requantized [N, O, OH, OW]. padding = (top, left, bottom, right)."""
+            pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None):
+    """x [N, C, H, W], w [O, C/groups, R, S] -> [N, O, OH, OW], padding = (top, left, bottom, right).
+
+    Epilogues as in ``qdense``: requantize, int32 (``multiplier`` None) or fp32 (``out_scale`` given)."""
     n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
     o_dim, cg_dim, r_dim, s_dim = (int(v) for v in w.shape)
     pt, pl, pb, pr = padding
@@ -47,5 +49,10 @@ def qconv2d(x, w, multiplier, offset, shift, weight_zero_point=None, *, strides,
             xp[n, g * cg_dim + c2, h * sh + r2 * dh, wi * sw + s2 * dw].astype("int32"), axis=[c2, r2, s2]),
             name="window_sum")
         value = lambda n, o, h, wi: acc[n, o, h, wi] - weight_zero_point[o] * window[n, o // og, h, wi]  # noqa: E731
+    if multiplier is None and out_scale is not None:
+        return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: dequantize_value(
+            value(n, o, h, wi) + offset[o], out_scale[o], out_bias[o], lo, hi), name="requant")
+    if multiplier is None:
+        return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: value(n, o, h, wi) + offset[o], name="requant")
     return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: requantize_value(
         value(n, o, h, wi), multiplier[o], offset[o], shift[o], zero_point, lo, hi, out_dtype), name="requant")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from tvm import te
 
-from .common import requantize_value
+from .common import dequantize_value, requantize_value
 
 
-def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_point: int, lo: int, hi: int,
-           out_dtype: str):
-    """x [M, K] (u8/s8), w [K, N] (s8) -> requantized [M, N]; or int32 + offset if ``multiplier`` is None."""
+def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_point: int, lo, hi, out_dtype: str,
+           out_scale=None, out_bias=None):
+    """x [M, K] (u8/s8), w [K, N] (s8) -> [M, N]:
+    requantized (multiplier/offset/shift), or with ``multiplier`` None: int32 acc + offset (int32), or
+    with ``out_scale``/``out_bias`` also given: fp32 (acc + offset) * out_scale + out_bias, clamped to [lo, hi]."""
     m_dim, k_dim = x.shape
     n_dim = w.shape[1]
     k = te.reduce_axis((0, k_dim), "k")
@@ -25,8 +27,11 @@ def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_poin
         kr = te.reduce_axis((0, k_dim), "kr")
         rowsum = te.compute((m_dim,), lambda i: te.sum(x[i, kr].astype("int32"), axis=kr), name="rowsum")
         value = lambda i, j: acc[i, j] - weight_zero_point[j] * rowsum[i]  # noqa: E731
+    if multiplier is None and out_scale is not None:
+        return te.compute((m_dim, n_dim), lambda i, j: dequantize_value(
+            value(i, j) + offset[j], out_scale[j], out_bias[j], lo, hi), name="requant")
     if multiplier is None:
-        return te.compute((m_dim, n_dim), lambda i, j: value(i, j) + offset[j].astype("int32"), name="requant")
+        return te.compute((m_dim, n_dim), lambda i, j: value(i, j) + offset[j], name="requant")
     return te.compute((m_dim, n_dim), lambda i, j: requantize_value(
         value(i, j), multiplier[j], offset[j], shift[j], zero_point, lo, hi, out_dtype), name="requant")
 

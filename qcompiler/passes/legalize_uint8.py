@@ -15,6 +15,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .binding_util import emit_replacing
+
 
 def _is_op(expr, name: str) -> bool:
     return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
@@ -60,8 +62,7 @@ class _Legalizer(relax.PyExprMutator):
                                       out_dtype=str(value.attrs.out_dtype))
         else:
             return super().visit_var_binding_(binding)
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(new, name_hint=binding.var.name))
+        emit_replacing(self, binding.var, new)
 
 
 @tvm.transform.module_pass(opt_level=0, name="qcompiler.LegalizeActivationsToUInt8")

@@ -17,8 +17,9 @@ from tvm import relax
 from .. import kernels
 from ..errors import QCompilerError
 from ..quant.fixed_point import quantize_multiplier
+from .binding_util import emit_replacing
 from .qdq_analysis import analyze
-from .qvalues import Accumulator, Concat, LinearSum, OpSource, QActivation, QConstant, QParams, VarSource
+from .qvalues import Accumulator, Concat, ConstSource, LinearSum, OpSource, QActivation, QConstant, QParams, VarSource
 
 
 def _int_const(values, dtype: str) -> tvm.ir.GenericConst:
@@ -59,17 +60,15 @@ class _Lowerer(relax.PyExprMutator):
         if plan is None:
             return super().visit_var_binding_(binding)
         description, call = plan
-        if call.op.name == "relax.astype":
+        if call is None:  # used as a float: integer kernel with an fp32 epilogue
+            value = self._accumulator(description, None, call, float_output=True)
+        elif call.op.name == "relax.astype":
             value = self._accumulator(description, None, call)
         else:
             out = QParams(float(np.float32(call.args[1].value.numpy().reshape(()))),
                           int(call.args[2].value.numpy().reshape(())), str(call.attrs.out_dtype))
             value = self._quantized(description, out, call)
-        if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(value, name_hint=binding.var.name)
-        else:
-            new_var = self.builder_.emit_output(value, name_hint=binding.var.name)
-        self.set_var_remap(binding.var, new_var)
+        emit_replacing(self, binding.var, value)
 
     # ------------------------------------------------------------------ integer tensors
     def _int_tensor(self, source) -> relax.Expr:
@@ -80,6 +79,8 @@ class _Lowerer(relax.PyExprMutator):
             return self.memo[key][1]
         if isinstance(source, VarSource):
             expr = self.visit_expr(source.var)
+        elif isinstance(source, ConstSource):
+            expr = relax.const(source.array)
         else:
             call = source.call
             args = [self._int_tensor(source.input)] + [self.visit_expr(a) for a in call.args[1:]]
@@ -130,19 +131,25 @@ class _Lowerer(relax.PyExprMutator):
                             a_multiplier=ma, b_multiplier=mb, shift=shift, zero_point=out.zero_point, lo=lo, hi=hi,
                             out_dtype=out.dtype)
 
-    def _accumulator(self, d: Accumulator, out: QParams | None, call: relax.Call) -> relax.Expr:
-        """One fused kernel: integer accumulate + zero-point terms + bias + requantize + clamp.
+    def _accumulator(self, d: Accumulator, out: QParams | None, call: relax.Call | None,
+                     float_output: bool = False) -> relax.Expr:
+        """One fused kernel: integer accumulate + zero-point terms + bias + epilogue.
 
-        ``out`` None means an exact int32 accumulator (MatMulInteger/ConvInteger) without requantize.
+        Epilogue: requantize + clamp to ``out``; with ``out`` None an exact int32 accumulator
+        (MatMulInteger/ConvInteger), or with ``float_output`` an fp32 value (scale, float bias, clamp).
         """
         out_shape = d.attrs["out_shape"]
         channels = out_shape[d.channel_axis]
         scale = np.broadcast_to(d.scale, (channels,)).astype(np.float64)
-        bias = np.zeros(channels, np.int64) if d.bias is None else np.round(d.bias / scale).astype(np.int64)
-        if out is None:
+        bias = np.zeros(channels, np.int64)
+        if d.bias is not None and not float_output:
+            bias = np.round(d.bias / scale).astype(np.int64)
+        fp = None
+        if float_output:
+            zero_point, lo, hi, out_dtype = 0, d.lo, d.hi, "float32"
+        elif out is None:
             lo = hi = zero_point = 0
             out_dtype = "int32"
-            fp = None
         else:
             lo, hi = _clamp_bounds(d.lo, d.hi, out)
             zero_point, out_dtype = out.zero_point, out.dtype
@@ -161,8 +168,12 @@ class _Lowerer(relax.PyExprMutator):
             za = x.params.zero_point
             colsum = wq.astype(np.int64).sum(axis=reduce_axes)
             acc_offset = bias - za * colsum + k_size * za * wzp
-            wzp_arg = {"weight_zero_point": _int_const(wzp, "int32")} if np.any(wzp != 0) else {}
-            if fp is None:
+            extra_args = {"weight_zero_point": _int_const(wzp, "int32")} if np.any(wzp != 0) else {}
+            if float_output:
+                params = (None, _int_const(acc_offset, "int32"), None)
+                extra_args["out_scale"] = relax.const(scale.astype(np.float32))
+                extra_args["out_bias"] = relax.const((np.zeros(channels) if d.bias is None else d.bias).astype(np.float32))
+            elif fp is None:
                 params = (None, _int_const(acc_offset, "int32"), None)
             else:
                 params = (_int_const(fp.multiplier, "int32"), _int_const(fp.offset(acc_offset), "int64"),
@@ -171,10 +182,10 @@ class _Lowerer(relax.PyExprMutator):
             if d.kind == "dense":
                 k_dim = wq.shape[0]
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), k_dim))
-                y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **wzp_arg, **common)
+                y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **extra_args, **common)
                 return self._reshape(y, out_shape)
             a = d.attrs
-            return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **wzp_arg,
+            return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **extra_args,
                                 strides=a["strides"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
                                 pad_value=za, **common)
 

@@ -70,8 +70,11 @@ class _Context:
 def analyze(func: relax.Function) -> Analysis:
     analysis = Analysis()
     ctx = _Context(analysis)
+    consumers: dict = {}
     for block in func.body.blocks:
         for binding in block.bindings:
+            for used in relax.analysis.free_vars(binding.value):
+                consumers.setdefault(used, []).append(binding.var)
             if not isinstance(binding, relax.VarBinding):
                 continue
             value = binding.value
@@ -81,7 +84,21 @@ def analyze(func: relax.Function) -> Analysis:
                 description = RULES[value.op.name](ctx, binding.var, value)
                 if description is not None:
                     analysis.values[binding.var] = description
+    for used in relax.analysis.free_vars(func.body.body):
+        consumers.setdefault(used, []).append(None)
+    _plan_float_outputs(analysis, consumers)
     return analysis
+
+
+def _plan_float_outputs(analysis: Analysis, consumers: dict) -> None:
+    """An integer dot product whose value is also used as a float (by an op without an integer rule,
+    or as a model output) still runs as an integer kernel, with a dequantizing fp32 epilogue."""
+    for var, description in analysis.values.items():
+        if not (isinstance(description, Accumulator) and description.kind in ("dense", "conv2d")):
+            continue
+        uses = consumers.get(var, [])
+        if any(use is None or (use not in analysis.values and use not in analysis.plans) for use in uses):
+            analysis.plans[var] = (description, None)
 
 
 # ---------------------------------------------------------------------------------------------- boundaries
@@ -136,13 +153,16 @@ def _layout(ctx, var, call):
         if call.op.name == "relax.nn.max_pool2d" and call.attrs.layout != "NCHW":
             return None
         return QActivation(OpSource(call, source.source), source.params)
-    if isinstance(source, QConstant):
+    if isinstance(source, (QConstant, FloatConstant)):  # evaluate on the constant (e.g. a reshaped bias)
         out_shape = static_shape(var)
         if call.op.name == "relax.permute_dims":
             axes = None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
-            return source.transform(lambda a: np.transpose(a, axes))
-        if call.op.name in ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims") and out_shape:
-            return source.transform(lambda a: np.reshape(a, out_shape))
+            fn = lambda a: np.transpose(a, axes)  # noqa: E731
+        elif call.op.name in ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims") and out_shape:
+            fn = lambda a: np.reshape(a, out_shape)  # noqa: E731
+        else:
+            return None
+        return source.transform(fn) if isinstance(source, QConstant) else FloatConstant(fn(source.value))
     return None
 
 
@@ -221,6 +241,10 @@ def _channel_vector(value: np.ndarray, out_ndim: int, channel_axis: int, channel
 def _add(ctx, var, call):
     a, b = ctx.describe(call.args[0]), ctx.describe(call.args[1])
     sign = -1.0 if call.op.name == "relax.subtract" else 1.0
+    if isinstance(a, QActivation) and isinstance(b, QConstant) and b.as_activation() is not None:
+        b = b.as_activation()
+    elif isinstance(b, QActivation) and isinstance(a, QConstant) and a.as_activation() is not None:
+        a = a.as_activation()
     if isinstance(a, QActivation) and isinstance(b, QActivation):
         return LinearSum((a, b), (1.0, sign), out_shape=static_shape(var))
     if call.op.name == "relax.add" and isinstance(b, Accumulator):

@@ -34,6 +34,13 @@ class VarSource:
     var: relax.Var
 
 
+@dataclass(frozen=True, eq=False)
+class ConstSource:
+    """The integer tensor is a constant (a per-tensor quantized constant used like an activation)."""
+
+    array: np.ndarray
+
+
 @dataclass(frozen=True)
 class OpSource:
     """The integer tensor is the layout op ``call`` (original graph) re-applied to ``input``."""
@@ -75,6 +82,14 @@ class QConstant:
 
     def transform(self, fn) -> "QConstant":
         return QConstant(fn(self.q), fn(self.scale), fn(self.zero_point))
+
+    def as_activation(self) -> "QActivation | None":
+        """A per-tensor quantized constant behaves like an activation (e.g. a bias in an integer add)."""
+        if self.q.dtype not in (np.uint8, np.int8) or self.scale.size == 0 \
+                or np.ptp(self.scale) != 0 or np.ptp(self.zero_point) != 0:
+            return None
+        return QActivation(ConstSource(self.q), QParams(float(self.scale.flat[0]), int(self.zero_point.flat[0]),
+                                                        str(self.q.dtype)))
 
     def per_axis(self, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(scale, zero point) as vectors along ``axis`` if they are constant along every other axis."""

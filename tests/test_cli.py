@@ -1,0 +1,120 @@
+"""The qcompiler command from a fresh shell: compile, run, inspect, and its error handling.
+
+Each command runs in its own process (as a user runs it); the compiled .so is also loaded by a
+separate Python process that never imported the compiler.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from qcompiler.examples import example_path
+
+EXAMPLE = example_path("digits_cnn_qdq.onnx")
+
+
+def qc(*args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "qcompiler.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lib") / "digits.so"
+    proc = qc("compile", EXAMPLE, "-o", out)
+    assert "int8 kernels: conv2d x3, dense x1" in proc.stdout, proc.stdout
+    assert "fp32 islands: none" in proc.stdout, proc.stdout
+    return out
+
+
+def test_run_and_inspect(library, tmp_path):
+    images = np.load(example_path("digits_test.npz"))["images"]
+    np.savez(tmp_path / "in.npz", image=images[:1])
+    proc = qc("run", library, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz", "--repeat", "5")
+    assert "output logits: shape 1x10 float32" in proc.stdout and "latency: median" in proc.stdout, proc.stdout
+    ours = np.load(tmp_path / "out.npz")["logits"]
+    import onnxruntime as ort
+    ref = ort.InferenceSession(str(EXAMPLE), providers=["CPUExecutionProvider"]).run(None, {"image": images[:1]})[0]
+    np.testing.assert_array_equal(ours, ref)  # same int8 logits, dequantized identically
+
+    proc = qc("inspect", library)
+    assert "input     image: 1x1x8x8 float32" in proc.stdout and "avx512_vnni" in proc.stdout, proc.stdout
+    meta = json.loads(qc("inspect", library, "--json").stdout)
+    assert meta["ops"]["int8"] == {"conv2d": 3, "dense": 1, "reshape": 1} and meta["versions"]["apache-tvm"]
+
+
+def test_library_runs_in_a_separate_python_process(library):
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        import qcompiler
+        model = qcompiler.load({str(library)!r})
+        assert not {{"qcompiler.build", "qcompiler.passes", "onnx"}} & set(sys.modules)  # no compiler needed to run
+        data = np.load({str(example_path("digits_test.npz"))!r})
+        logits = np.concatenate([model(image=img[None]) for img in data["images"]])
+        print((logits.argmax(1) == data["labels"]).mean())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.strip()) >= 0.95  # ORT's int8 accuracy on this test set is 97.6%
+
+
+def _assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    out = tmp_path / "out.so"
+    _assert_one_line_error(qc("compile", tmp_path / "nope.onnx", "-o", out, check=False), "nope.onnx", "no such file")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(EXAMPLE.read_bytes()[:5000])
+    _assert_one_line_error(qc("compile", truncated, "-o", out, check=False), "truncated.onnx", "corrupt")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\xff" * 100)
+    _assert_one_line_error(qc("compile", garbage, "-o", out, check=False), "garbage.onnx")
+    assert not out.exists() and list(tmp_path.glob("*.so")) == [] and list(tmp_path.glob("qcompiler-*")) == []
+
+
+def test_unsupported_op_names_node_and_op(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"], name="determinant_node")], "g", [x], [y])
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    out = tmp_path / "det.so"
+    _assert_one_line_error(qc("compile", path, "-o", out, check=False), "determinant_node", "Det")
+    assert not out.exists()
+
+
+def test_wrong_input_shape_and_dtype_at_run_time(library, tmp_path):
+    np.savez(tmp_path / "shape.npz", image=np.zeros((2, 1, 8, 8), np.float32))
+    _assert_one_line_error(qc("run", library, "--inputs", tmp_path / "shape.npz", check=False),
+                           "'image'", "1x1x8x8 float32", "got 2x1x8x8 float32")
+    np.savez(tmp_path / "dtype.npz", image=np.zeros((1, 1, 8, 8), np.float64))
+    _assert_one_line_error(qc("run", library, "--inputs", tmp_path / "dtype.npz", check=False), "float64")
+    _assert_one_line_error(qc("run", tmp_path / "missing.so", check=False), "missing.so", "no such file")
+    not_ours = tmp_path / "fake.so"
+    not_ours.write_bytes(b"\x7fELF not really")
+    _assert_one_line_error(qc("inspect", not_ours, check=False), "not a qcompiler library")
+
+
+def test_bad_input_shapes_flag(tmp_path):
+    _assert_one_line_error(qc("compile", EXAMPLE, "-o", tmp_path / "a.so", "--input-shapes", "image=1x1x8x8",
+                              check=False), "--input-shapes")
+    _assert_one_line_error(qc("compile", EXAMPLE, "-o", tmp_path / "a.so", "--input-shapes", "img:1x1x8x8",
+                              check=False), "'img'", "image")
+    assert list(tmp_path.iterdir()) == []
