@@ -288,3 +288,20 @@ def test_integer_kernel_with_float_output(kind):
     expected = np.maximum(expected, 0).astype(np.float32)
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)  # fp32 rounding (FMA contraction) only
+
+
+# ------------------------------------------------------------------------------------------- concat
+@pytest.mark.parametrize("same_params", [True, False])
+def test_concat(same_params):
+    """Concat of activations: pass-through with equal quantization, else each input requantized."""
+    a, b = rand_q((1, 3, 4, 4), "uint8"), rand_q((1, 5, 4, 4), "uint8")
+    za, sa = 128, f32(0.05)
+    zb, sb = (za, sa) if same_params else (90, f32(0.02))
+
+    def body(bb, av, bv):
+        y = bb.emit(relax.op.concat([dq(bb, av, sa, za), dq(bb, bv, sb, zb)], axis=1))
+        return q(bb, y, sa, za, "uint8")
+
+    ours = compile_graph({"a": a, "b": b}, body, "concat" if same_params else "requantize")
+    b_expected = b if same_params else ref.requantize(b, zb, np.float64(sb) / np.float64(sa), za, "uint8")
+    assert_exact(ours, np.concatenate([a, b_expected], axis=1))

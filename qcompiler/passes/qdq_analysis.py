@@ -57,6 +57,14 @@ def static_shape(expr) -> tuple[int, ...] | None:
 class _Context:
     def __init__(self, analysis: Analysis):
         self.analysis = analysis
+        self.bound: dict = {}  # var -> the value bound to it (to look at producers)
+
+    def producer(self, expr, op_name: str):
+        """The call that produced var ``expr`` if it is an ``op_name`` call, else None."""
+        value = self.bound.get(expr) if isinstance(expr, relax.Var) else None
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == op_name:
+            return value
+        return None
 
     def describe(self, expr):
         if isinstance(expr, relax.Var):
@@ -78,6 +86,7 @@ def analyze(func: relax.Function) -> Analysis:
             if not isinstance(binding, relax.VarBinding):
                 continue
             value = binding.value
+            ctx.bound[binding.var] = value
             if isinstance(value, relax.Var) and value in analysis.values:
                 analysis.values[binding.var] = analysis.values[value]
             elif isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in RULES:
@@ -134,10 +143,29 @@ def _quantize(ctx, var, call):
     return None
 
 
+def _wrapping_cast_source(ctx, call):
+    """x, if ``call`` is TVM 0.27's ONNX lowering of Cast(x: float -> int32).
+
+    The importer emulates C wraparound: astype(where(x >= 2^31, x - 2^32, x), int32) with
+    x = floor_mod(astype(where(!isfinite(f), 0, f), int64), 2^32). For an integer accumulator in
+    int32 range (always finite) all of that is the identity, so the cast reads ``f`` directly.
+    """
+    wrapped = ctx.producer(call.args[0], "relax.where")
+    modulo = ctx.producer(wrapped.args[2], "relax.floor_mod") if wrapped is not None else None
+    if modulo is None or constant_array(modulo.args[1]) is None or int(constant_array(modulo.args[1])) != 2 ** 32:
+        return None
+    widened = ctx.producer(modulo.args[0], "relax.astype")
+    sanitized = ctx.producer(widened.args[0], "relax.where") if widened is not None else None
+    return sanitized.args[2] if sanitized is not None else None
+
+
 @rule("relax.astype")
 def _astype(ctx, var, call):
     """MatMulInteger/ConvInteger canonicalized to QDQ: an exact int32 accumulator with scale 1."""
-    source = ctx.describe(call.args[0])
+    if call.attrs.dtype == "int32" and ctx.describe(call.args[0]) is None:
+        source = ctx.describe(_wrapping_cast_source(ctx, call))
+    else:
+        source = ctx.describe(call.args[0])
     if (call.attrs.dtype == "int32" and isinstance(source, Accumulator) and source.kind in ("dense", "conv2d")
             and np.all(source.scale == 1.0) and source.bias is None and math.isinf(source.lo) and math.isinf(source.hi)):
         ctx.analysis.plans[var] = (source, call)

@@ -1,0 +1,71 @@
+"""ONNX integer ops (MatMulInteger, ConvInteger) and dynamic shapes, compiled and run against ORT."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qcompiler
+from qcompiler.examples import example_path
+
+RNG = np.random.default_rng(11)
+
+
+def _save(nodes, inputs, outputs, inits, path):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def _ort(path, feeds):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_matmul_integer_is_an_exact_int32_kernel(tmp_path):
+    a = RNG.integers(0, 256, (4, 32), dtype=np.uint8)
+    inits = {"b": RNG.integers(-128, 128, (32, 16), dtype=np.int8), "a_zp": np.array(3, np.uint8),
+             "b_zp": np.array(2, np.int8)}
+    path = tmp_path / "mmi.onnx"
+    _save([helper.make_node("MatMulInteger", ["a", "b", "a_zp", "b_zp"], ["y"])],
+          [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, 32])],
+          [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])], inits, path)
+    model = qcompiler.compile(str(path))
+    assert model.metadata["ops"]["int8"] == {"dense": 1} and model.metadata["ops"]["fp32"] == {}
+    np.testing.assert_array_equal(model(a=a), _ort(path, {"a": a}))
+
+
+def test_conv_integer_is_an_exact_int32_kernel(tmp_path):
+    x = RNG.integers(0, 256, (1, 4, 8, 8), dtype=np.uint8)
+    inits = {"w": RNG.integers(0, 256, (8, 4, 3, 3), dtype=np.uint8), "x_zp": np.array(7, np.uint8),
+             "w_zp": np.array(120, np.uint8)}
+    path = tmp_path / "convi.onnx"
+    _save([helper.make_node("ConvInteger", ["x", "w", "x_zp", "w_zp"], ["y"], pads=[1, 1, 1, 1])],
+          [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4, 8, 8])],
+          [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 8, 8, 8])], inits, path)
+    model = qcompiler.compile(str(path))
+    assert model.metadata["ops"]["int8"] == {"conv2d": 1} and model.metadata["ops"]["fp32"] == {}
+    np.testing.assert_array_equal(model(x=x), _ort(path, {"x": x}))
+
+
+@pytest.fixture()
+def dynamic_batch_model(tmp_path):
+    model = onnx.load(str(example_path("digits_cnn_qdq.onnx")))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_value")
+    dim.dim_param = "batch"
+    for out in model.graph.output:
+        out.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del model.graph.value_info[:]
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_dynamic_batch_needs_and_takes_input_shapes(dynamic_batch_model):
+    with pytest.raises(qcompiler.QCompilerError, match=r"input 'image' has a dynamic dimension 'batch'.*--input-shapes"):
+        qcompiler.compile(str(dynamic_batch_model))
+    model = qcompiler.compile(str(dynamic_batch_model), input_shapes={"image": (1, 1, 8, 8)})
+    assert model.signature.inputs[0].shape == (1, 1, 8, 8) and model.signature.outputs[0].shape == (1, 10)
+    image = np.load(example_path("digits_test.npz"))["images"][:1]
+    np.testing.assert_array_equal(model(image=image), _ort(dynamic_batch_model, {"image": image}))
