@@ -17,3 +17,11 @@ def emit_replacing(mutator: relax.PyExprMutator, var: relax.Var, value: relax.Ex
         new_var = builder.emit(value, name_hint=var.name)
     mutator.set_var_remap(var, new_var)
     return new_var
+
+
+def rewrite_relax_functions(mod, mutator: relax.PyExprMutator):
+    """Run ``mutator`` over every Relax function of ``mod``; the module with the rewritten functions."""
+    for gvar, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()

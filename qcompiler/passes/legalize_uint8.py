@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .binding_util import emit_replacing
+from .binding_util import emit_replacing, rewrite_relax_functions
 
 
 def _is_op(expr, name: str) -> bool:
@@ -74,8 +74,4 @@ def legalize_activations_to_uint8(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             moved |= _movable_quantize_vars(func)
     if not moved:
         return mod
-    legalizer = _Legalizer(mod, moved)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            legalizer.builder_.update_func(gvar, legalizer.visit_expr(func))
-    return legalizer.builder_.get()
+    return rewrite_relax_functions(mod, _Legalizer(mod, moved))

@@ -17,7 +17,7 @@ from tvm import relax
 from .. import kernels
 from ..errors import QCompilerError
 from ..quant.fixed_point import quantize_multiplier
-from .binding_util import emit_replacing
+from .binding_util import emit_replacing, rewrite_relax_functions
 from .qdq_analysis import analyze
 from .qvalues import Accumulator, Concat, ConstSource, LinearSum, OpSource, QActivation, QConstant, QParams, VarSource
 
@@ -227,8 +227,4 @@ def lower_qdq_to_integer(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             plans.update(analyze(func).plans)
     if not plans:
         return mod
-    lowerer = _Lowerer(mod, plans)
-    for gvar, func in mod.functions.items():
-        if isinstance(func, relax.Function):
-            lowerer.builder_.update_func(gvar, lowerer.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(lowerer.builder_.get())
+    return relax.transform.DeadCodeElimination()(rewrite_relax_functions(mod, _Lowerer(mod, plans)))
