@@ -32,7 +32,8 @@ def lower_to_integer(mod: tvm.IRModule, target) -> tvm.IRModule:
     import schedules
     seq = [passes.legalize_activations_to_uint8] if schedules.is_x86(target) else []
     seq += [passes.lower_qdq_to_integer, relax.transform.DeadCodeElimination()]
-    return tvm.transform.Sequential(seq)(mod)
+    with target:  # the lowering picks kernel layouts for the target
+        return tvm.transform.Sequential(seq)(mod)
 
 
 def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:

@@ -14,6 +14,7 @@ from tvm.target import Target
 
 from .cpu_fallback import CPUFallback
 from .x86_generic import X86IntegerKernels
+from .x86_vnni import X86VNNIKernels, has_vnni
 
 KERNEL_ATTR = "qcompiler.kernel"
 
@@ -26,10 +27,16 @@ def is_x86(target: Target) -> bool:
 def rules_for(target: Target) -> list[dlight.ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if is_x86(target):
-        return [X86IntegerKernels(), CPUFallback()]
+        return [X86VNNIKernels(), X86IntegerKernels(), CPUFallback()]
     if target.kind.name == "llvm":
         return [CPUFallback()]
     raise ValueError(f"no schedule templates for target kind {target.kind.name!r}")
+
+
+def dense_weight_layout(target: Target) -> str:
+    """How the lowering should store dense and conv2d weights for ``target``: "packed16x4" (the
+    VNNI micro-kernels' [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]) or "plain" ([K, N], OIHW)."""
+    return "packed16x4" if is_x86(target) and has_vnni(target) else "plain"
 
 
 def apply_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

@@ -143,7 +143,7 @@ class X86IntegerKernels(dlight.ScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
             return None
         template = TEMPLATES.get(str(func.attrs[KERNEL_ATTR]))
-        if template is None:
+        if template is None or str(func.attrs.get("qcompiler.layout", "plain")) != "plain":
             return None
         sch = s_tir.Schedule(func)
         template(sch)

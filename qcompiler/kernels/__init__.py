@@ -2,14 +2,17 @@
 
 Each function states one kernel's integer semantics (the numpy reference in the tests states the
 same semantics independently). Kernels are emitted with ``BlockBuilder.call_te`` and tagged with
-the function attribute ``qcompiler.kernel`` so the per-target templates in ``schedules/`` can find
-them; block names ("acc", "requant", ...) are part of that contract.
+the function attributes ``qcompiler.kernel`` (op type) and ``qcompiler.layout`` so the per-target
+templates in ``schedules/`` can find them; block names ("acc", "requant", ...) are part of that
+contract.
 """
-from .conv2d import qconv2d
-from .dense import qbatch_matmul, qdense
+from .conv2d import pack_conv_weight, qconv2d, qconv2d_packed
+from .dense import pack_dense_weight, qbatch_matmul, qdense, qdense_packed
 from .elementwise import qadd, qmul, requantize
 from .pool import qavg_pool2d
 
-KERNEL_ATTR = "qcompiler.kernel"
+KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, add, ...
+LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
 
-__all__ = ["KERNEL_ATTR", "qadd", "qavg_pool2d", "qbatch_matmul", "qconv2d", "qdense", "qmul", "requantize"]
+__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_dense_weight", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qconv2d", "qdense",
+           "qdense_packed", "qmul", "requantize"]

@@ -56,3 +56,51 @@ def qconv2d(x, w, multiplier, offset, shift, weight_zero_point=None, *, strides,
         return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: value(n, o, h, wi) + offset[o], name="requant")
     return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: requantize_value(
         value(n, o, h, wi), multiplier[o], offset[o], shift[o], zero_point, lo, hi, out_dtype), name="requant")
+
+
+def pack_conv_weight(w):
+    """numpy OIHW int8 [O, C, R, S] -> [ceil(O/16), R, S, ceil(C/4), 16, 4], zero padded (VNNI layout)."""
+    import numpy as np
+    o_dim, c_dim, r_dim, s_dim = w.shape
+    op, cp = -(-o_dim // 16) * 16, -(-c_dim // 4) * 4
+    padded = np.zeros((op, cp, r_dim, s_dim), dtype=w.dtype)
+    padded[:o_dim, :c_dim] = w
+    return np.ascontiguousarray(padded.reshape(op // 16, 16, cp // 4, 4, r_dim, s_dim).transpose(0, 4, 5, 2, 1, 3))
+
+
+def qconv2d_packed(x, wp, multiplier, offset, shift, *, out_channels: int, strides, padding, dilation,
+                   pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None):
+    """x [N, C, H, W] (u8), wp = pack_conv_weight(w) (groups = 1) -> [N, out_channels, OH, OW].
+
+    Stage "pad" copies x into zero-point-padded NHWC with channels rounded up to 4 (the
+    micro-kernel reads 4 channels per vpdpbusd lane); "acc" accumulates NHWC with output channels
+    rounded up to 16; the epilogue ("requant") writes NCHW. Epilogues as in ``qconv2d``.
+    """
+    n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
+    ob, r_dim, s_dim, cq = (int(v) for v in wp.shape[:4])
+    pt, pl, pb, pr = padding
+    sh, sw = strides
+    dh, dw = dilation
+    hp, wpd = h_dim + pt + pb, w_dim + pl + pr
+    oh = (hp - dh * (r_dim - 1) - 1) // sh + 1
+    ow = (wpd - dw * (s_dim - 1) - 1) // sw + 1
+
+    def padded(n, h, wi, c):
+        inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim, c < c_dim)
+        fill = tirx.if_then_else(c < c_dim, tirx.const(pad_value, x.dtype), tirx.const(0, x.dtype))
+        return tirx.if_then_else(inside, x[n, tirx.min(c, c_dim - 1), h - pt, wi - pl], fill)
+    xp = te.compute((n_dim, hp, wpd, cq * 4), padded, name="pad")
+    r = te.reduce_axis((0, r_dim), "r")
+    s = te.reduce_axis((0, s_dim), "s")
+    c = te.reduce_axis((0, cq * 4), "c")
+    acc = te.compute((n_dim, oh, ow, ob * 16), lambda n, h, wi, k: te.sum(
+        xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32")
+        * wp[k // 16, r, s, c // 4, k % 16, c % 4].astype("int32"), axis=[r, s, c]), name="acc")
+    shape = (n_dim, out_channels, oh, ow)
+    if multiplier is None and out_scale is not None:
+        return te.compute(shape, lambda n, o, h, wi: dequantize_value(
+            acc[n, h, wi, o] + offset[o], out_scale[o], out_bias[o], lo, hi), name="requant")
+    if multiplier is None:
+        return te.compute(shape, lambda n, o, h, wi: acc[n, h, wi, o] + offset[o], name="requant")
+    return te.compute(shape, lambda n, o, h, wi: requantize_value(
+        acc[n, h, wi, o], multiplier[o], offset[o], shift[o], zero_point, lo, hi, out_dtype), name="requant")

@@ -7,7 +7,7 @@ batch_matmul:  acc[b, m, n] = sum_k (a[b, m, k] - za) * (b[b, k, n] - zb), both 
 """
 from __future__ import annotations
 
-from tvm import te
+from tvm import te, tirx
 
 from .common import dequantize_value, requantize_value
 
@@ -48,3 +48,51 @@ def qbatch_matmul(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int
     return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
         acc[p, i, j], te.const(multiplier, "int32"), te.const(offset, "int64"), te.const(shift, "int64"),
         zero_point, lo, hi, out_dtype), name="requant")
+
+
+#: Packed weight block: 16 output channels x 4 reduction steps (one vpdpbusd zmm).
+PACK_N, PACK_K = 16, 4
+
+
+def pack_dense_weight(w, *, lanes: int = PACK_N):
+    """numpy [K, N] int8 -> [ceil(N/16), ceil(K/4), 16, 4], zero padded (the VNNI micro-kernel's layout)."""
+    import numpy as np
+    k_dim, n_dim = w.shape
+    kp, np_ = -(-k_dim // PACK_K) * PACK_K, -(-n_dim // lanes) * lanes
+    padded = np.zeros((kp, np_), dtype=w.dtype)
+    padded[:k_dim, :n_dim] = w
+    return np.ascontiguousarray(padded.reshape(kp // PACK_K, PACK_K, np_ // lanes, lanes).transpose(2, 0, 3, 1))
+
+
+def qdense_packed(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int, lo, hi,
+                  out_dtype: str, out_scale=None, out_bias=None):
+    """x [M, K] (u8), wp = pack_dense_weight(w) -> [M, n_out]; epilogues as in ``qdense``.
+
+    The reduction runs over K rounded up to 4; if K is not a multiple of 4, x is first copied
+    into a zero-padded [M, Kp] buffer (stage "pad") so the micro-kernel reads whole 4-byte groups.
+    The accumulator covers N rounded up to 16 (stage "acc"); the epilogue writes the first n_out.
+    """
+    m_dim, k_dim = (int(v) for v in x.shape)
+    nb, kb = int(wp.shape[0]), int(wp.shape[1])
+    kp = kb * PACK_K
+    if kp != k_dim:
+        xp = te.compute((m_dim, kp), lambda i, k: tirx.if_then_else(k < k_dim, x[i, k], tirx.const(0, x.dtype)),
+                        name="pad")
+    else:
+        xp = x
+    k = te.reduce_axis((0, kp), "k")
+    acc = te.compute((m_dim, nb * PACK_N), lambda i, j: te.sum(
+        xp[i, k].astype("int32") * wp[j // PACK_N, k // PACK_K, j % PACK_N, k % PACK_K].astype("int32"), axis=k),
+        name="acc")
+    value = lambda i, j: acc[i, j]  # noqa: E731
+    if weight_zero_point is not None:
+        kr = te.reduce_axis((0, k_dim), "kr")
+        rowsum = te.compute((m_dim,), lambda i: te.sum(x[i, kr].astype("int32"), axis=kr), name="rowsum")
+        value = lambda i, j: acc[i, j] - weight_zero_point[j] * rowsum[i]  # noqa: E731
+    if multiplier is None and out_scale is not None:
+        return te.compute((m_dim, n_out), lambda i, j: dequantize_value(
+            value(i, j) + offset[j], out_scale[j], out_bias[j], lo, hi), name="requant")
+    if multiplier is None:
+        return te.compute((m_dim, n_out), lambda i, j: value(i, j) + offset[j], name="requant")
+    return te.compute((m_dim, n_out), lambda i, j: requantize_value(
+        value(i, j), multiplier[j], offset[j], shift[j], zero_point, lo, hi, out_dtype), name="requant")

@@ -49,10 +49,11 @@ def _clamp_bounds(lo: float, hi: float, out: QParams) -> tuple[int, int]:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, plans: dict):
+    def __init__(self, mod: tvm.IRModule, plans: dict, dense_layout: str = "plain"):
         super().__init__(mod)
         self.plans = plans
         self.memo: dict = {}
+        self.dense_layout = dense_layout
 
     # ------------------------------------------------------------------ bindings
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -88,14 +89,23 @@ class _Lowerer(relax.PyExprMutator):
         self.memo[key] = (source, expr)  # keep the source alive so id() stays unique
         return expr
 
+    def _as_uint8(self, x: relax.Expr, zero_point: int) -> tuple[relax.Expr, int]:
+        """VNNI multiplies u8 activations: an int8 tensor (a graph input, or one the uint8
+        legalization could not move) is shifted by +128, and so is its zero point."""
+        if str(x.ty.dtype) == "uint8":
+            return x, zero_point
+        shifted = relax.op.add(relax.op.astype(x, "int16"), relax.const(128, "int16"))
+        return self.builder_.emit(relax.op.astype(shifted, "uint8")), zero_point + 128
+
     def _reshape(self, expr: relax.Expr, shape) -> relax.Expr:
         if tuple(int(d) for d in expr.ty.shape.values) == tuple(shape):
             return expr
         return self.builder_.emit(relax.op.reshape(expr, list(shape)))
 
-    def _kernel(self, fn, kind: str, *args, **kwargs) -> relax.Expr:
+    def _kernel(self, fn, kind: str, *args, layout: str = "plain", **kwargs) -> relax.Expr:
+        attrs = {kernels.KERNEL_ATTR: kind, kernels.LAYOUT_ATTR: layout}
         return self.builder_.emit(self.builder_.call_te(
-            fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs={kernels.KERNEL_ATTR: kind}, **kwargs))
+            fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs=attrs, **kwargs))
 
     # ------------------------------------------------------------------ quantize(description)
     def _quantized(self, d, out: QParams, call: relax.Call) -> relax.Expr:
@@ -159,13 +169,18 @@ class _Lowerer(relax.PyExprMutator):
         if d.kind in ("dense", "conv2d"):
             x, w = d.operands
             wq, wzp = _signed_weight(w)
+            xi, za = self._int_tensor(x.source), x.params.zero_point
             if d.kind == "dense":
                 wzp = wzp[0, :]
                 reduce_axes, k_size = (0,), wq.shape[0]
             else:
                 wzp = wzp[:, 0, 0, 0]
                 reduce_axes, k_size = (1, 2, 3), int(np.prod(wq.shape[1:]))
-            za = x.params.zero_point
+            # VNNI micro-kernels: dense, and conv2d without groups or weight zero points
+            packed = self.dense_layout == "packed16x4" and (
+                d.kind == "dense" or (d.attrs["groups"] == 1 and not np.any(wzp != 0)))
+            if packed:
+                xi, za = self._as_uint8(xi, za)
             colsum = wq.astype(np.int64).sum(axis=reduce_axes)
             acc_offset = bias - za * colsum + k_size * za * wzp
             extra_args = {"weight_zero_point": _int_const(wzp, "int32")} if np.any(wzp != 0) else {}
@@ -178,16 +193,24 @@ class _Lowerer(relax.PyExprMutator):
             else:
                 params = (_int_const(fp.multiplier, "int32"), _int_const(fp.offset(acc_offset), "int64"),
                           _int_const(fp.shift, "int64"))
-            xi = self._int_tensor(x.source)
             if d.kind == "dense":
-                k_dim = wq.shape[0]
-                x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), k_dim))
-                y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **extra_args, **common)
+                x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
+                if packed:
+                    y = self._kernel(kernels.qdense_packed, "dense", x2,
+                                     _int_const(kernels.pack_dense_weight(wq), "int8"), *params, **extra_args,
+                                     layout=self.dense_layout, n_out=wq.shape[1], **common)
+                else:
+                    y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **extra_args,
+                                     **common)
                 return self._reshape(y, out_shape)
             a = d.attrs
+            geometry = dict(strides=a["strides"], padding=a["padding"], dilation=a["dilation"], pad_value=za)
+            if packed:
+                return self._kernel(kernels.qconv2d_packed, "conv2d", xi,
+                                    _int_const(kernels.pack_conv_weight(wq), "int8"), *params, **extra_args,
+                                    layout=self.dense_layout, out_channels=wq.shape[0], **geometry, **common)
             return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **extra_args,
-                                strides=a["strides"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
-                                pad_value=za, **common)
+                                groups=a["groups"], **geometry, **common)
 
         if fp is None:
             raise TypeError(d.kind)
@@ -227,4 +250,7 @@ def lower_qdq_to_integer(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             plans.update(analyze(func).plans)
     if not plans:
         return mod
-    return relax.transform.DeadCodeElimination()(rewrite_relax_functions(mod, _Lowerer(mod, plans)))
+    target = tvm.target.Target.current(allow_none=True)
+    import schedules
+    layout = schedules.dense_weight_layout(target) if target is not None else "plain"
+    return relax.transform.DeadCodeElimination()(rewrite_relax_functions(mod, _Lowerer(mod, plans, layout)))

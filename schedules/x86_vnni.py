@@ -1,0 +1,168 @@
+"""x86 VNNI templates: int8 kernels tensorized with vpdpbusd (AVX-512 VNNI, zmm, 16 lanes).
+
+Dense (``qdense_packed``): a register-blocked micro-kernel of MR rows x NR 16-lane accumulators,
+the whole K reduction inside it (a K x NR*64-byte weight panel stays in L1), loop order
+``jo, io, ko, ii, jb, ji, ki`` with ``parallel(fuse(jo, io))``, ``vpdpbusd`` on (ji, ki), and the
+requantize epilogue computed per finished tile while it is still in registers (DESIGN.md §2).
+
+Knobs (MR, NR, outer loop order) are MetaSchedule sampling instructions when ``tunable`` and
+fixed per-shape defaults otherwise, so the default schedule and the tuner's search space are the
+same function. Only valid candidates are offered: MR divides M, NR divides N/16, and the tile
+(MR x NR x 64 bytes) stays under 1 KiB so LLVM keeps it on the stack/in registers instead of a
+per-tile workspace allocation (LowerTVMBuiltin's stack limit).
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.target import codegen
+
+from . import intrin_x86
+from .cpu_common import find_block, loop_extent, parallel_vectorize_spatial
+
+KERNEL_ATTR = "qcompiler.kernel"
+LAYOUT_ATTR = "qcompiler.layout"
+MAX_TILE_BYTES = 1024  # LowerTVMBuiltin keeps constant allocations below this on the stack
+
+
+def has_vnni(target) -> bool:
+    return codegen.llvm_cpu_has_features(["avx512vnni"], target)
+
+
+def _knob(sch: s_tir.Schedule, candidates: list[int], default: int, tunable: bool):
+    """A tile decision: a sampling instruction over ``candidates`` when tunable, else ``default``."""
+    if tunable and len(candidates) > 1:
+        return sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates))
+    return default
+
+
+def dense_tile_candidates(m_dim: int, n_blocks: int) -> list[tuple[int, int]]:
+    """(MR, NR) pairs that tile exactly and fit the stack limit, best first by loads per vpdpbusd."""
+    pairs = [(mr, nr) for mr in range(1, 9) for nr in range(1, 5)
+             if m_dim % mr == 0 and n_blocks % nr == 0 and mr * nr * 64 < MAX_TILE_BYTES]
+    # vpdpbusd latency 4 x 2/cycle: prefer >= 8 independent accumulators, then fewest loads per dot
+    return sorted(pairs, key=lambda p: (p[0] * p[1] < 8, (p[0] + p[1]) / (p[0] * p[1]), -p[0] * p[1]))
+
+
+#: Bytes of the weight panel (K x NR*16) we keep in L1 (32 KiB on Zen 4, with room for A rows).
+L1_PANEL_BYTES = 24 * 1024
+
+
+def k_block_candidates(k_steps: int, nr: int) -> list[int]:
+    """K-block sizes (in 4-byte steps): the full K first when its panel fits L1, else the divisors
+    of K whose panel does, largest first."""
+    fitting = [d for d in range(k_steps, 0, -1) if k_steps % d == 0 and d * 4 * nr * 16 <= L1_PANEL_BYTES]
+    return fitting[:4] or [k_steps]
+
+
+def schedule_dense_packed(sch: s_tir.Schedule, tunable: bool = False) -> None:
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    i, j, k = sch.get_loops(acc)
+    m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
+    candidates = dense_tile_candidates(m_dim, n_pad // 16)
+    mr_default, nr_default = candidates[0]
+    mr = _knob(sch, sorted({p[0] for p in candidates}), mr_default, tunable)
+    nr_options = sorted({p[1] for p in candidates if not isinstance(mr, int) or p[0] == mr})
+    nr = _knob(sch, nr_options, nr_default if nr_default in nr_options else nr_options[-1], tunable)
+    k_blocks = k_block_candidates(k_pad // 4, nr_default)
+    kb_steps = _knob(sch, k_blocks, k_blocks[0], tunable)
+    io, ii = sch.split(i, [None, mr])
+    jo, jb, ji = sch.split(j, [None, nr, 16])
+    ko, ki = sch.split(k, [None, 4])
+    rowsum = find_block(sch, "rowsum")
+    if isinstance(kb_steps, int) and kb_steps == k_pad // 4:
+        # the whole K in one panel: one tile = one finished output tile, epilogue right behind it
+        sch.reorder(jo, io, ko, ii, jb, ji, ki)
+        tile = sch.fuse(jo, io)
+        reduce_from = ko
+    else:
+        # K blocked: the K-block's weight panel is reused by every row tile of the column block;
+        # partial sums stay in the (column block's) accumulator between K blocks
+        kb, kin = sch.split(ko, [None, kb_steps])
+        sch.reorder(jo, kb, io, kin, ii, jb, ji, ki)
+        tile = jo
+        reduce_from = kb
+    sch.parallel(tile)
+    if rowsum is None:
+        sch.reverse_compute_at(out, tile)
+    else:  # weight zero points: row sums and epilogue as separate parallel stages
+        parallel_vectorize_spatial(sch, rowsum)
+    init = sch.decompose_reduction(acc, reduce_from)
+    sch.unroll(ii)
+    sch.unroll(jb)
+    sch.tensorize(ji, intrin_x86.VNNI_16x4)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    sch.unroll(init_loops[-2])
+    sch.unroll(init_loops[-3])
+    if rowsum is None:
+        _vectorize_epilogue(sch, out, tile)
+    else:
+        parallel_vectorize_spatial(sch, out)
+    pad = find_block(sch, "pad")
+    if pad is not None:
+        parallel_vectorize_spatial(sch, pad)
+
+
+def _vectorize_epilogue(sch: s_tir.Schedule, out, anchor) -> None:
+    loops = sch.get_loops(out)
+    if sch.get(loops[-1]).same_as(sch.get(anchor)):
+        return
+    extent = loop_extent(sch, loops[-1])
+    if extent is not None and extent % 16 == 0 and extent > 16:
+        outer, inner = sch.split(loops[-1], [None, 16])
+        sch.unroll(outer)
+        sch.vectorize(inner)
+    elif extent is not None and extent > 1:
+        sch.vectorize(loops[-1])
+
+
+def conv_tile_candidates(out_width: int, k_blocks: int) -> list[tuple[int, int]]:
+    """(MR output pixels along OW, NR 16-channel blocks): exact tiles under the stack limit."""
+    return dense_tile_candidates(out_width, k_blocks)
+
+
+def schedule_conv2d_packed(sch: s_tir.Schedule, tunable: bool = False) -> None:
+    """NHWC micro-kernel: MR output pixels x NR*16 output channels, (r, s, C/4) inside the tile."""
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    n, h, w, k, r, s, c = sch.get_loops(acc)
+    candidates = conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // 16)
+    mr_default, nr_default = candidates[0]
+    mr = _knob(sch, sorted({p[0] for p in candidates}), mr_default, tunable)
+    nr_options = sorted({p[1] for p in candidates if not isinstance(mr, int) or p[0] == mr})
+    nr = _knob(sch, nr_options, nr_default if nr_default in nr_options else nr_options[-1], tunable)
+    wo, wi = sch.split(w, [None, mr])
+    ko, kb, ki = sch.split(k, [None, nr, 16])
+    co, ci = sch.split(c, [None, 4])
+    sch.reorder(n, ko, h, wo, r, s, co, wi, kb, ki, ci)
+    tile = sch.fuse(n, ko, h, wo)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile)
+    init = sch.decompose_reduction(acc, r)
+    sch.unroll(wi)
+    sch.unroll(kb)
+    sch.tensorize(ki, intrin_x86.VNNI_16x4)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    sch.unroll(init_loops[-2])
+    sch.unroll(init_loops[-3])
+    out_loops = sch.get_loops(out)
+    sch.unroll(out_loops[-1])
+    parallel_vectorize_spatial(sch, sch.get_sblock("pad"))
+
+
+TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed}
+
+
+class X86VNNIKernels(dlight.ScheduleRule):
+    """Schedules the packed integer kernels with vpdpbusd templates on AVX-512 VNNI targets."""
+
+    def apply(self, func: tirx.PrimFunc, target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
+            return None
+        template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), str(func.attrs.get(LAYOUT_ATTR, "plain"))))
+        if template is None or not has_vnni(target):
+            return None
+        sch = s_tir.Schedule(func)
+        template(sch, tunable)
+        return sch
