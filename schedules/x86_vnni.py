@@ -1,4 +1,4 @@
-"""x86 VNNI templates: int8 kernels tensorized with vpdpbusd (AVX-512 VNNI, zmm, 16 lanes).
+"""x86 VNNI templates: int8 kernels tensorized with vpdpbusd (AVX-512 VNNI zmm, or AVX-VNNI ymm).
 
 Dense (``qdense_packed``): a register-blocked micro-kernel of MR rows x NR 16-lane accumulators,
 the whole K reduction inside it (a K x NR*64-byte weight panel stays in L1), loop order
@@ -26,7 +26,28 @@ MAX_TILE_BYTES = 1024  # LowerTVMBuiltin keeps constant allocations below this o
 
 
 def has_vnni(target) -> bool:
-    return codegen.llvm_cpu_has_features(["avx512vnni"], target)
+    """AVX-512 VNNI (zmm) or AVX-VNNI (VEX ymm): either runs the packed micro-kernels."""
+    return vnni_intrinsic(target) is not None
+
+
+def vnni_intrinsic(target) -> tuple[str, int] | None:
+    """(tensor intrinsic, lanes) for the target: 16-lane zmm vpdpbusd, 8-lane ymm, or None."""
+    if codegen.llvm_cpu_has_features(["avx512vnni"], target):
+        return intrin_x86.VNNI_16x4, 16
+    if codegen.llvm_cpu_has_features(["avxvnni"], target):
+        return intrin_x86.AVXVNNI_8x4, 8
+    return None
+
+
+def _tensorize_block16(sch: s_tir.Schedule, lanes16, target) -> None:
+    """Tensorize a 16-output-lane loop: one zmm vpdpbusd, or two ymm ones on AVX-VNNI."""
+    intrinsic, lanes = vnni_intrinsic(target)
+    if lanes == 16:
+        sch.tensorize(lanes16, intrinsic)
+    else:
+        halves, inner = sch.split(lanes16, [None, lanes])
+        sch.unroll(halves)
+        sch.tensorize(inner, intrinsic)
 
 
 def _knob(sch: s_tir.Schedule, candidates: list[int], default: int, tunable: bool):
@@ -55,7 +76,7 @@ def k_block_candidates(k_steps: int, nr: int) -> list[int]:
     return fitting[:4] or [k_steps]
 
 
-def schedule_dense_packed(sch: s_tir.Schedule, tunable: bool = False) -> None:
+def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     i, j, k = sch.get_loops(acc)
     m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
@@ -90,7 +111,7 @@ def schedule_dense_packed(sch: s_tir.Schedule, tunable: bool = False) -> None:
     init = sch.decompose_reduction(acc, reduce_from)
     sch.unroll(ii)
     sch.unroll(jb)
-    sch.tensorize(ji, intrin_x86.VNNI_16x4)
+    _tensorize_block16(sch, ji, target)
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
     sch.unroll(init_loops[-2])
@@ -122,7 +143,7 @@ def conv_tile_candidates(out_width: int, k_blocks: int) -> list[tuple[int, int]]
     return dense_tile_candidates(out_width, k_blocks)
 
 
-def schedule_conv2d_packed(sch: s_tir.Schedule, tunable: bool = False) -> None:
+def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
     """NHWC micro-kernel: MR output pixels x NR*16 output channels, (r, s, C/4) inside the tile."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     n, h, w, k, r, s, c = sch.get_loops(acc)
@@ -141,7 +162,7 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, tunable: bool = False) -> None:
     init = sch.decompose_reduction(acc, r)
     sch.unroll(wi)
     sch.unroll(kb)
-    sch.tensorize(ki, intrin_x86.VNNI_16x4)
+    _tensorize_block16(sch, ki, target)
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
     sch.unroll(init_loops[-2])
@@ -164,5 +185,5 @@ class X86VNNIKernels(dlight.ScheduleRule):
         if template is None or not has_vnni(target):
             return None
         sch = s_tir.Schedule(func)
-        template(sch, tunable)
+        template(sch, target, tunable)
         return sch

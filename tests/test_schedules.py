@@ -1,0 +1,111 @@
+"""Schedule templates: the VNNI micro-kernels really use vpdpbusd on zmm, a non-VNNI target gets
+the plain templates (built and run here for correctness), and the knobs are MetaSchedule
+sampling instructions when tunable."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir, te
+from tvm.target import Target
+
+import int_reference as ref
+import schedules
+from qcompiler.build import build
+from qcompiler.kernels import pack_dense_weight, qdense_packed
+from qcompiler.target import host_cpu_flags
+from test_integer_kernels import compile_graph, dq, f32, q, rand_q  # noqa: F401 (graph builders)
+from tvm import relax
+
+
+def asm_of(model) -> str:
+    return "\n".join(m.inspect_source("asm") for m in model.executable.mod.imports)
+
+
+def _dense_graph(bb, xv, w, sw):
+    y = bb.emit(relax.op.matmul(dq(bb, xv, f32(0.02), 128), dq(bb, relax.const(w), sw, np.zeros(w.shape[1], np.int8), 1)))
+    return q(bb, y, f32(2.0), 120, "uint8")
+
+
+def _build_dense(target, m=64, k=256, n=96):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    sw = rng.uniform(0.002, 0.01, n).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((m, k), "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(_dense_graph(bb, xv, w, sw))
+        bb.emit_func_output(out)
+    from qcompiler.signature import ModelSignature, TensorSpec
+    sig = ModelSignature((TensorSpec("x", (m, k), "uint8"),), (TensorSpec("y", (m, n), "uint8"),))
+    model = build(bb.get(), sig, target)
+    real = np.float64(f32(0.02)) * sw.astype(np.float64) / np.float64(f32(2.0))
+    return model, x, ref.qdense(x, 128, w, np.zeros(n, np.int64), np.zeros(n, np.int64), real, 120, "uint8")
+
+
+def test_vnni_dense_micro_kernel_uses_vpdpbusd_on_zmm():
+    model, x, expected = _build_dense(None)
+    asm = asm_of(model)
+    assert len(re.findall(r"vpdpbusd\s+[^\n]*%zmm", asm)) >= 8, "no zmm vpdpbusd in the micro-kernel"
+    assert "vpmaddubsw" not in asm  # the saturating int16 path must never be used
+    np.testing.assert_array_equal(model(x=x), expected)
+
+
+@pytest.mark.parametrize("cpu", ["skylake", "x86-64-v3"])
+def test_targets_without_vnni_use_the_plain_templates(cpu):
+    """skylake (AVX-512 without VNNI) and x86-64-v3 (AVX2) run here, so results are checked too."""
+    target = Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
+    assert schedules.dense_weight_layout(target) == "plain"
+    assert {"avx2", "fma"} <= host_cpu_flags()
+    model, x, expected = _build_dense(target)
+    assert "vpdpbusd" not in asm_of(model)
+    np.testing.assert_array_equal(model(x=x), expected)
+
+
+def test_tunable_dense_template_samples_its_knobs_and_every_sample_is_valid():
+    m, k, n = 64, 512, 96
+    x = te.placeholder((m, k), "uint8", name="x")
+    wp = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="wp")
+    m0, off, sh = (te.placeholder((n,), dt) for dt in ("int32", "int64", "int64"))
+    out = qdense_packed(x, wp, m0, off, sh, n_out=n, zero_point=0, lo=0, hi=255, out_dtype="uint8")
+    func = te.create_prim_func([x, wp, m0, off, sh, out]).with_attrs(
+        {"qcompiler.kernel": "dense", "qcompiler.layout": "packed16x4"})
+    target = Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": 2})
+    rule = schedules.X86VNNIKernels()
+    fixed = rule.apply(func, target, tunable=False)
+    assert not any(inst.kind.name == "SampleCategorical" for inst in fixed.trace.insts)
+    rng = np.random.default_rng(0)
+    xs = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    args = [xs, pack_dense_weight(w), np.full(n, 1 << 30, np.int32), np.full(n, 1 << 40, np.int64),
+            np.full(n, 45, np.int64), np.zeros((m, n), np.uint8)]
+    expected = np.clip(((xs.astype(np.int64) @ w) * (1 << 30) + (1 << 40)) >> 45, 0, 255).astype(np.uint8)
+    decisions = set()
+    for seed in range(1, 9):
+        sch = rule.apply(func, target, tunable=True)
+        samples = [inst for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
+        assert len(samples) >= 2, "MR/NR (and K block) must be sampling instructions"
+        # resample: a fresh schedule with random decisions from the same template must build and be exact
+        sch = s_tir.Schedule(func, seed=seed)
+        schedules.x86_vnni.schedule_dense_packed(sch, target, tunable=True)
+        decisions.add(tuple(int(v) for _, v in sorted(sch.trace.decisions.items(), key=lambda kv: str(kv[0]))))
+        lib = tvm.compile(sch.mod, target=target)
+        tensors = [tvm.runtime.tensor(a) for a in args]
+        lib["main"](*tensors) if hasattr(lib, "__getitem__") else lib.jit()["main"](*tensors)
+        np.testing.assert_array_equal(tensors[-1].numpy(), expected)
+    assert len(decisions) >= 2, decisions
+
+
+def test_avx_vnni_target_compiles_to_ymm_vpdpbusd():
+    """Alder Lake has AVX-VNNI (VEX, 256-bit) but no AVX-512: the packed kernel is tensorized with
+    two 8-lane ymm vpdpbusd per 16-lane block. This machine lacks AVX-VNNI: compiled and
+    inspected, not run."""
+    target = Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
+    assert schedules.dense_weight_layout(target) == "packed16x4"
+    model, _, _ = _build_dense(target)
+    asm = asm_of(model)
+    assert re.search(r"vpdpbusd\s+[^\n]*%ymm", asm) and "%zmm" not in asm
