@@ -124,7 +124,6 @@ def cmd_inspect(args) -> None:
 def cmd_demo(args) -> None:
     """The main job on the bundled example: compile the digits CNN, load the .so, run the test set."""
     from . import examples
-    from .api import compile as qcompile
     from .runtime import load
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

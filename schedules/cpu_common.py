@@ -67,3 +67,38 @@ def find_block(sch: s_tir.Schedule, name: str):
         if sch.get(block).name_hint == name:
             return block
     return None
+
+
+def vectorize_epilogue(sch: s_tir.Schedule, block, anchor) -> None:
+    """Vectorize the innermost loop of an epilogue computed at ``anchor``, if it has a loop of its own
+    (a loop shared with the producer must not be touched) and its extent allows."""
+    loops = sch.get_loops(block)
+    if sch.get(loops[-1]).same_as(sch.get(anchor)):
+        return
+    extent = loop_extent(sch, loops[-1])
+    if extent is None:
+        return
+    lanes = vector_lanes(extent)
+    if lanes == 1:
+        return
+    if lanes < extent:
+        outer, inner = sch.split(loops[-1], [None, lanes])
+        sch.unroll(outer)
+        sch.vectorize(inner)
+    else:
+        sch.vectorize(loops[-1])
+
+
+def fuse_epilogue(sch: s_tir.Schedule, out, loop, zero_point_stage: str) -> None:
+    """Requantize each output tile right after it is accumulated (the int32 tile stays hot).
+
+    With weight zero points (uint8 weights, rare) the epilogue also reads a second reduction (row or
+    window sums of the input); that stage and the epilogue then run as their own parallel loops.
+    """
+    extra = find_block(sch, zero_point_stage)
+    if extra is None:
+        sch.reverse_compute_at(out, loop)
+        vectorize_epilogue(sch, out, loop)
+    else:
+        parallel_vectorize_spatial(sch, extra)
+        parallel_vectorize_spatial(sch, out)

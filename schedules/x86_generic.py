@@ -10,44 +10,10 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
-from .cpu_common import find_block, largest_divisor, loop_extent, parallel_vectorize_spatial, vector_lanes
+from .cpu_common import find_block, fuse_epilogue, largest_divisor, loop_extent, parallel_vectorize_spatial, vector_lanes,\
+    vectorize_epilogue
 
 KERNEL_ATTR = "qcompiler.kernel"
-
-
-def _vectorize_tail(sch: s_tir.Schedule, block, anchor) -> None:
-    """Vectorize the innermost loop of an epilogue computed at ``anchor``, if it has a loop of its own
-    (a loop shared with the producer must not be touched) and its extent allows."""
-    loops = sch.get_loops(block)
-    if sch.get(loops[-1]).same_as(sch.get(anchor)):
-        return
-    extent = loop_extent(sch, loops[-1])
-    if extent is None:
-        return
-    lanes = vector_lanes(extent)
-    if lanes == 1:
-        return
-    if lanes < extent:
-        outer, inner = sch.split(loops[-1], [None, lanes])
-        sch.unroll(outer)
-        sch.vectorize(inner)
-    else:
-        sch.vectorize(loops[-1])
-
-
-def _fuse_epilogue(sch: s_tir.Schedule, out, loop, zero_point_stage: str) -> None:
-    """Requantize each output tile right after it is accumulated (the int32 tile stays hot).
-
-    With weight zero points (uint8 weights, rare) the epilogue also reads a second reduction (row or
-    window sums of the input); that stage and the epilogue then run as their own parallel loops.
-    """
-    extra = find_block(sch, zero_point_stage)
-    if extra is None:
-        sch.reverse_compute_at(out, loop)
-        _vectorize_tail(sch, out, loop)
-    else:
-        parallel_vectorize_spatial(sch, extra)
-        parallel_vectorize_spatial(sch, out)
 
 
 def schedule_dense(sch: s_tir.Schedule) -> None:
@@ -63,7 +29,7 @@ def schedule_dense(sch: s_tir.Schedule) -> None:
     sch.reorder(jo, io, k, ii, jb, jv)
     tile = sch.fuse(jo, io)
     sch.parallel(tile)
-    _fuse_epilogue(sch, out, tile, "rowsum")
+    fuse_epilogue(sch, out, tile, "rowsum")
     sch.unroll(ii)
     sch.unroll(jb)
     if lanes > 1:  # before decompose_reduction: the update block must still be a reduction block
@@ -83,7 +49,7 @@ def schedule_conv2d(sch: s_tir.Schedule) -> None:
     sch.reorder(n, oo, h, wo, c, r, s, oi, wv)
     tile = sch.fuse(n, oo, h)
     sch.parallel(tile)
-    _fuse_epilogue(sch, out, wo, "window_sum")
+    fuse_epilogue(sch, out, wo, "window_sum")
     sch.unroll(oi)
     if lanes > 1:
         sch.vectorize(wv)
@@ -105,7 +71,7 @@ def schedule_batch_matmul(sch: s_tir.Schedule) -> None:
     tile = sch.fuse(b, io, jo)
     sch.parallel(tile)
     sch.reverse_compute_at(out, tile)
-    _vectorize_tail(sch, out, tile)
+    vectorize_epilogue(sch, out, tile)
     sch.unroll(ii)
     if lanes > 1:
         sch.vectorize(jv)
@@ -118,7 +84,7 @@ def schedule_pool(sch: s_tir.Schedule) -> None:
     channels = sch.fuse(n, c)
     sch.parallel(channels)
     sch.reverse_compute_at(out, channels)
-    _vectorize_tail(sch, out, channels)
+    vectorize_epilogue(sch, out, channels)
 
 
 def schedule_elementwise(sch: s_tir.Schedule) -> None:

@@ -18,7 +18,7 @@ from tvm.s_tir import dlight
 from tvm.target import codegen
 
 from . import intrin_x86
-from .cpu_common import find_block, loop_extent, parallel_vectorize_spatial
+from .cpu_common import find_block, fuse_epilogue, loop_extent, parallel_vectorize_spatial
 
 KERNEL_ATTR = "qcompiler.kernel"
 LAYOUT_ATTR = "qcompiler.layout"
@@ -76,21 +76,36 @@ def k_block_candidates(k_steps: int, nr: int) -> list[int]:
     return fitting[:4] or [k_steps]
 
 
-def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
-    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
-    i, j, k = sch.get_loops(acc)
-    m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
-    candidates = dense_tile_candidates(m_dim, n_pad // 16)
+def _tile_knobs(sch: s_tir.Schedule, candidates: list[tuple[int, int]], tunable: bool):
+    """(MR, NR) decisions from the valid pairs; NR's options follow a fixed MR."""
     mr_default, nr_default = candidates[0]
     mr = _knob(sch, sorted({p[0] for p in candidates}), mr_default, tunable)
     nr_options = sorted({p[1] for p in candidates if not isinstance(mr, int) or p[0] == mr})
     nr = _knob(sch, nr_options, nr_default if nr_default in nr_options else nr_options[-1], tunable)
+    return mr, nr, nr_default
+
+
+def _finish_micro_kernel(sch: s_tir.Schedule, init, rows, blocks, lanes16, target) -> None:
+    """Unroll the register tile, tensorize its 16-lane loop, vectorize the accumulator init."""
+    sch.unroll(rows)
+    sch.unroll(blocks)
+    _tensorize_block16(sch, lanes16, target)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(init_loops[-1])
+    sch.unroll(init_loops[-2])
+    sch.unroll(init_loops[-3])
+
+
+def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    i, j, k = sch.get_loops(acc)
+    m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
+    mr, nr, nr_default = _tile_knobs(sch, dense_tile_candidates(m_dim, n_pad // 16), tunable)
     k_blocks = k_block_candidates(k_pad // 4, nr_default)
     kb_steps = _knob(sch, k_blocks, k_blocks[0], tunable)
     io, ii = sch.split(i, [None, mr])
     jo, jb, ji = sch.split(j, [None, nr, 16])
     ko, ki = sch.split(k, [None, 4])
-    rowsum = find_block(sch, "rowsum")
     if isinstance(kb_steps, int) and kb_steps == k_pad // 4:
         # the whole K in one panel: one tile = one finished output tile, epilogue right behind it
         sch.reorder(jo, io, ko, ii, jb, ji, ki)
@@ -104,38 +119,12 @@ def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False) ->
         tile = jo
         reduce_from = kb
     sch.parallel(tile)
-    if rowsum is None:
-        sch.reverse_compute_at(out, tile)
-    else:  # weight zero points: row sums and epilogue as separate parallel stages
-        parallel_vectorize_spatial(sch, rowsum)
+    fuse_epilogue(sch, out, tile, "rowsum")
     init = sch.decompose_reduction(acc, reduce_from)
-    sch.unroll(ii)
-    sch.unroll(jb)
-    _tensorize_block16(sch, ji, target)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
-    sch.unroll(init_loops[-2])
-    sch.unroll(init_loops[-3])
-    if rowsum is None:
-        _vectorize_epilogue(sch, out, tile)
-    else:
-        parallel_vectorize_spatial(sch, out)
+    _finish_micro_kernel(sch, init, ii, jb, ji, target)
     pad = find_block(sch, "pad")
     if pad is not None:
         parallel_vectorize_spatial(sch, pad)
-
-
-def _vectorize_epilogue(sch: s_tir.Schedule, out, anchor) -> None:
-    loops = sch.get_loops(out)
-    if sch.get(loops[-1]).same_as(sch.get(anchor)):
-        return
-    extent = loop_extent(sch, loops[-1])
-    if extent is not None and extent % 16 == 0 and extent > 16:
-        outer, inner = sch.split(loops[-1], [None, 16])
-        sch.unroll(outer)
-        sch.vectorize(inner)
-    elif extent is not None and extent > 1:
-        sch.vectorize(loops[-1])
 
 
 def conv_tile_candidates(out_width: int, k_blocks: int) -> list[tuple[int, int]]:
@@ -147,11 +136,7 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -
     """NHWC micro-kernel: MR output pixels x NR*16 output channels, (r, s, C/4) inside the tile."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     n, h, w, k, r, s, c = sch.get_loops(acc)
-    candidates = conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // 16)
-    mr_default, nr_default = candidates[0]
-    mr = _knob(sch, sorted({p[0] for p in candidates}), mr_default, tunable)
-    nr_options = sorted({p[1] for p in candidates if not isinstance(mr, int) or p[0] == mr})
-    nr = _knob(sch, nr_options, nr_default if nr_default in nr_options else nr_options[-1], tunable)
+    mr, nr, _ = _tile_knobs(sch, conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // 16), tunable)
     wo, wi = sch.split(w, [None, mr])
     ko, kb, ki = sch.split(k, [None, nr, 16])
     co, ci = sch.split(c, [None, 4])
@@ -160,13 +145,7 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -
     sch.parallel(tile)
     sch.reverse_compute_at(out, tile)
     init = sch.decompose_reduction(acc, r)
-    sch.unroll(wi)
-    sch.unroll(kb)
-    _tensorize_block16(sch, ki, target)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
-    sch.unroll(init_loops[-2])
-    sch.unroll(init_loops[-3])
+    _finish_micro_kernel(sch, init, wi, kb, ki, target)
     out_loops = sch.get_loops(out)
     sch.unroll(out_loops[-1])
     parallel_vectorize_spatial(sch, sch.get_sblock("pad"))

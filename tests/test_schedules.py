@@ -16,7 +16,7 @@ import schedules
 from qcompiler.build import build
 from qcompiler.kernels import pack_dense_weight, qdense_packed
 from qcompiler.target import host_cpu_flags
-from test_integer_kernels import compile_graph, dq, f32, q, rand_q  # noqa: F401 (graph builders)
+from test_integer_kernels import dq, f32, q
 from tvm import relax
 
 

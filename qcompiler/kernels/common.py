@@ -35,3 +35,22 @@ def dequantize_value(acc, scale, bias, lo: float, hi: float):
     if hi != float("inf"):
         v = te.min(v, tirx.const(hi, "float32"))
     return v
+
+
+def epilogue(shape, value, channel, multiplier, offset, shift, *, zero_point: int, lo, hi, out_dtype: str,
+             out_scale=None, out_bias=None):
+    """The "requant" stage of dense/conv kernels, over output ``shape``.
+
+    ``value(*idx)`` is the int32 accumulator (zero-point terms applied) and ``channel(*idx)`` the
+    output channel of an index. Three epilogues: requantize (``multiplier`` given); fp32
+    ``(acc + offset) * out_scale + out_bias`` clamped to [lo, hi] (``out_scale`` given); or the exact
+    int32 ``acc + offset`` (MatMulInteger/ConvInteger).
+    """
+    if multiplier is None and out_scale is not None:
+        return te.compute(shape, lambda *i: dequantize_value(
+            value(*i) + offset[channel(*i)], out_scale[channel(*i)], out_bias[channel(*i)], lo, hi), name="requant")
+    if multiplier is None:
+        return te.compute(shape, lambda *i: value(*i) + offset[channel(*i)], name="requant")
+    return te.compute(shape, lambda *i: requantize_value(
+        value(*i), multiplier[channel(*i)], offset[channel(*i)], shift[channel(*i)], zero_point, lo, hi, out_dtype),
+        name="requant")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from .common import dequantize_value, requantize_value
+from .common import epilogue
 
 
 def qconv2d(x, w, multiplier, offset, shift, weight_zero_point=None, *, strides, padding, dilation, groups: int,
@@ -49,13 +49,8 @@ def qconv2d(x, w, multiplier, offset, shift, weight_zero_point=None, *, strides,
             xp[n, g * cg_dim + c2, h * sh + r2 * dh, wi * sw + s2 * dw].astype("int32"), axis=[c2, r2, s2]),
             name="window_sum")
         value = lambda n, o, h, wi: acc[n, o, h, wi] - weight_zero_point[o] * window[n, o // og, h, wi]  # noqa: E731
-    if multiplier is None and out_scale is not None:
-        return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: dequantize_value(
-            value(n, o, h, wi) + offset[o], out_scale[o], out_bias[o], lo, hi), name="requant")
-    if multiplier is None:
-        return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: value(n, o, h, wi) + offset[o], name="requant")
-    return te.compute((n_dim, o_dim, oh, ow), lambda n, o, h, wi: requantize_value(
-        value(n, o, h, wi), multiplier[o], offset[o], shift[o], zero_point, lo, hi, out_dtype), name="requant")
+    return epilogue((n_dim, o_dim, oh, ow), value, lambda n, o, h, wi: o, multiplier, offset, shift,
+                    zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)
 
 
 def pack_conv_weight(w):
@@ -96,11 +91,6 @@ def qconv2d_packed(x, wp, multiplier, offset, shift, *, out_channels: int, strid
     acc = te.compute((n_dim, oh, ow, ob * 16), lambda n, h, wi, k: te.sum(
         xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32")
         * wp[k // 16, r, s, c // 4, k % 16, c % 4].astype("int32"), axis=[r, s, c]), name="acc")
-    shape = (n_dim, out_channels, oh, ow)
-    if multiplier is None and out_scale is not None:
-        return te.compute(shape, lambda n, o, h, wi: dequantize_value(
-            acc[n, h, wi, o] + offset[o], out_scale[o], out_bias[o], lo, hi), name="requant")
-    if multiplier is None:
-        return te.compute(shape, lambda n, o, h, wi: acc[n, h, wi, o] + offset[o], name="requant")
-    return te.compute(shape, lambda n, o, h, wi: requantize_value(
-        acc[n, h, wi, o], multiplier[o], offset[o], shift[o], zero_point, lo, hi, out_dtype), name="requant")
+    return epilogue((n_dim, out_channels, oh, ow), lambda n, o, h, wi: acc[n, h, wi, o], lambda n, o, h, wi: o,
+                    multiplier, offset, shift, zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype,
+                    out_scale=out_scale, out_bias=out_bias)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from .common import dequantize_value, requantize_value
+from .common import epilogue, requantize_value
 
 
 def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_point: int, lo, hi, out_dtype: str,
@@ -22,18 +22,18 @@ def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_poin
     k = te.reduce_axis((0, k_dim), "k")
     acc = te.compute((m_dim, n_dim), lambda i, j: te.sum(x[i, k].astype("int32") * w[k, j].astype("int32"), axis=k),
                      name="acc")
-    value = lambda i, j: acc[i, j]  # noqa: E731
-    if weight_zero_point is not None:
-        kr = te.reduce_axis((0, k_dim), "kr")
-        rowsum = te.compute((m_dim,), lambda i: te.sum(x[i, kr].astype("int32"), axis=kr), name="rowsum")
-        value = lambda i, j: acc[i, j] - weight_zero_point[j] * rowsum[i]  # noqa: E731
-    if multiplier is None and out_scale is not None:
-        return te.compute((m_dim, n_dim), lambda i, j: dequantize_value(
-            value(i, j) + offset[j], out_scale[j], out_bias[j], lo, hi), name="requant")
-    if multiplier is None:
-        return te.compute((m_dim, n_dim), lambda i, j: value(i, j) + offset[j], name="requant")
-    return te.compute((m_dim, n_dim), lambda i, j: requantize_value(
-        value(i, j), multiplier[j], offset[j], shift[j], zero_point, lo, hi, out_dtype), name="requant")
+    value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)
+    return epilogue((m_dim, n_dim), value, lambda i, j: j, multiplier, offset, shift, zero_point=zero_point, lo=lo,
+                    hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)
+
+
+def _weight_zero_point_terms(acc, x, k_dim: int, weight_zero_point):
+    """acc[i, j] - wzp[j] * sum_k x[i, k] (only with weight zero points: uint8 weights)."""
+    if weight_zero_point is None:
+        return lambda i, j: acc[i, j]
+    kr = te.reduce_axis((0, k_dim), "kr")
+    rowsum = te.compute((x.shape[0],), lambda i: te.sum(x[i, kr].astype("int32"), axis=kr), name="rowsum")
+    return lambda i, j: acc[i, j] - weight_zero_point[j] * rowsum[i]
 
 
 def qbatch_matmul(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int, offset: int, shift: int,
@@ -84,15 +84,6 @@ def qdense_packed(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n
     acc = te.compute((m_dim, nb * PACK_N), lambda i, j: te.sum(
         xp[i, k].astype("int32") * wp[j // PACK_N, k // PACK_K, j % PACK_N, k % PACK_K].astype("int32"), axis=k),
         name="acc")
-    value = lambda i, j: acc[i, j]  # noqa: E731
-    if weight_zero_point is not None:
-        kr = te.reduce_axis((0, k_dim), "kr")
-        rowsum = te.compute((m_dim,), lambda i: te.sum(x[i, kr].astype("int32"), axis=kr), name="rowsum")
-        value = lambda i, j: acc[i, j] - weight_zero_point[j] * rowsum[i]  # noqa: E731
-    if multiplier is None and out_scale is not None:
-        return te.compute((m_dim, n_out), lambda i, j: dequantize_value(
-            value(i, j) + offset[j], out_scale[j], out_bias[j], lo, hi), name="requant")
-    if multiplier is None:
-        return te.compute((m_dim, n_out), lambda i, j: value(i, j) + offset[j], name="requant")
-    return te.compute((m_dim, n_out), lambda i, j: requantize_value(
-        value(i, j), multiplier[j], offset[j], shift[j], zero_point, lo, hi, out_dtype), name="requant")
+    value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)
+    return epilogue((m_dim, n_out), value, lambda i, j: j, multiplier, offset, shift, zero_point=zero_point, lo=lo,
+                    hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)

@@ -19,7 +19,7 @@ from ..errors import QCompilerError
 from ..quant.fixed_point import quantize_multiplier
 from .binding_util import emit_replacing, rewrite_relax_functions
 from .qdq_analysis import analyze
-from .qvalues import Accumulator, Concat, ConstSource, LinearSum, OpSource, QActivation, QConstant, QParams, VarSource
+from .qvalues import Accumulator, Concat, ConstSource, LinearSum, QActivation, QConstant, QParams, VarSource
 
 
 def _int_const(values, dtype: str) -> tvm.ir.GenericConst:
