@@ -151,7 +151,27 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -
     parallel_vectorize_spatial(sch, sch.get_sblock("pad"))
 
 
-TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed}
+def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
+    """Per batch, the dense micro-kernel over a B packed at run time; the epilogue needs the row and
+    column sums (zero points of both activations), so it runs as its own vectorized parallel stage."""
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    b, i, j, k = sch.get_loops(acc)
+    mr, nr, _ = _tile_knobs(sch, dense_tile_candidates(loop_extent(sch, i), loop_extent(sch, j) // 16), tunable)
+    io, ii = sch.split(i, [None, mr])
+    jo, jb, ji = sch.split(j, [None, nr, 16])
+    ko, ki = sch.split(k, [None, 4])
+    sch.reorder(b, jo, io, ko, ii, jb, ji, ki)
+    sch.parallel(sch.fuse(b, jo, io))
+    init = sch.decompose_reduction(acc, ko)
+    _finish_micro_kernel(sch, init, ii, jb, ji, target)
+    for name in ("pack_b", "pad", "rowsum_a", "colsum_b", "requant"):
+        block = find_block(sch, name)
+        if block is not None:
+            parallel_vectorize_spatial(sch, block)
+
+
+TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed,
+             ("batch_matmul", "packed16x4"): schedule_batch_matmul_packed}
 
 
 class X86VNNIKernels(dlight.ScheduleRule):

@@ -151,9 +151,12 @@ def test_conv2d(case, x_dtype, w_dtype, out_dtype):
 # ------------------------------------------------------------------------------------------- batch matmul
 @pytest.mark.parametrize("a_shape,b_shape", [((2, 3, 8, 16), (2, 3, 16, 12)), ((12, 16, 64), (12, 64, 16)),
                                              ((1, 5, 7), (1, 7, 9))])
-def test_batch_matmul(a_shape, b_shape):
-    a, b = rand_q(a_shape, "uint8"), rand_q(b_shape, "int8")
-    za, zb, sa, sb, so, zo = 131, -7, f32(0.05), f32(0.04), f32(0.6), 110
+@pytest.mark.parametrize("a_dtype,b_dtype", [("uint8", "int8"), ("int8", "uint8")])
+def test_batch_matmul(a_shape, b_shape, a_dtype, b_dtype):
+    a, b = rand_q(a_shape, a_dtype), rand_q(b_shape, b_dtype)
+    za = 131 if a_dtype == "uint8" else 3
+    zb = -7 if b_dtype == "int8" else 140
+    sa, sb, so, zo = f32(0.05), f32(0.04), f32(0.6), 110
 
     def body(bb, av, bv):
         return q(bb, bb.emit(relax.op.matmul(dq(bb, av, sa, za), dq(bb, bv, sb, zb))), so, zo, "uint8")

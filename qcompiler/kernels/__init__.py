@@ -7,12 +7,12 @@ templates in ``schedules/`` can find them; block names ("acc", "requant", ...) a
 contract.
 """
 from .conv2d import pack_conv_weight, qconv2d, qconv2d_packed
-from .dense import pack_dense_weight, qbatch_matmul, qdense, qdense_packed
+from .dense import pack_dense_weight, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed
 from .elementwise import qadd, qmul, requantize
 from .pool import qavg_pool2d
 
 KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, add, ...
 LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
 
-__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_dense_weight", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qconv2d", "qdense",
+__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_dense_weight", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qconv2d", "qdense",
            "qdense_packed", "qmul", "requantize"]

@@ -87,3 +87,49 @@ def qdense_packed(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n
     value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)
     return epilogue((m_dim, n_out), value, lambda i, j: j, multiplier, offset, shift, zero_point=zero_point, lo=lo,
                     hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)
+
+
+def qbatch_matmul_packed(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int, offset: int, shift: int,
+                         zero_point: int, lo: int, hi: int, out_dtype: str):
+    """a [B, M, K] (u8), b [B, K, N] (u8 or s8) -> requantized [B, M, N], for the VNNI micro-kernel.
+
+    b is packed at run time (stage "pack_b") into [B, N/16, K/4, 16, 4] int8; a uint8 b is shifted
+    by -128 (and its zero point with it) so the micro-kernel multiplies u8 x s8. With
+    zb' the (shifted) zero point of b:
+        acc - zb' * rowsum(a)[i] - za * colsum(b')[j] + K * za * zb'
+    where the row/column sums are their own stages ("rowsum_a", "colsum_b").
+    """
+    batch, m_dim, k_dim = (int(v) for v in a.shape)
+    n_dim = int(b.shape[2])
+    kp, np_ = -(-k_dim // PACK_K) * PACK_K, -(-n_dim // PACK_N) * PACK_N
+    shift_b = 128 if b.dtype == "uint8" else 0
+    zb = b_zero_point - shift_b
+
+    def b_signed(p, k, j):
+        inside = tirx.all(k < k_dim, j < n_dim)
+        kk, jj = tirx.min(k, k_dim - 1), tirx.min(j, n_dim - 1)
+        value = (b[p, kk, jj].astype("int32") - shift_b).astype("int8")
+        return tirx.if_then_else(inside, value, tirx.const(0, "int8"))
+    bp = te.compute((batch, np_ // PACK_N, kp // PACK_K, PACK_N, PACK_K),
+                    lambda p, jo, ko, ji, ki: b_signed(p, ko * PACK_K + ki, jo * PACK_N + ji), name="pack_b")
+    if kp != k_dim:
+        ap = te.compute((batch, m_dim, kp), lambda p, i, k: tirx.if_then_else(
+            k < k_dim, a[p, i, tirx.min(k, k_dim - 1)], tirx.const(0, a.dtype)), name="pad")
+    else:
+        ap = a
+    k = te.reduce_axis((0, kp), "k")
+    acc = te.compute((batch, m_dim, np_), lambda p, i, j: te.sum(
+        ap[p, i, k].astype("int32") * bp[p, j // PACK_N, k // PACK_K, j % PACK_N, k % PACK_K].astype("int32"),
+        axis=k), name="acc")
+    kr = te.reduce_axis((0, k_dim), "kr")
+    rowsum = te.compute((batch, m_dim), lambda p, i: te.sum(a[p, i, kr].astype("int32"), axis=kr), name="rowsum_a")
+    kc = te.reduce_axis((0, k_dim), "kc")
+    colsum = te.compute((batch, n_dim), lambda p, j: te.sum(b[p, kc, j].astype("int32") - shift_b, axis=kc),
+                        name="colsum_b")
+    constant = k_dim * a_zero_point * zb
+
+    def value(p, i, j):
+        return acc[p, i, j] - zb * rowsum[p, i] - a_zero_point * colsum[p, j] + constant
+    return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
+        value(p, i, j), tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
+        zero_point, lo, hi, out_dtype), name="requant")

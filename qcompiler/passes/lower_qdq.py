@@ -221,10 +221,14 @@ class _Lowerer(relax.PyExprMutator):
             a_shape = [int(v) for v in ai.ty.shape.values]
             b_shape = [int(v) for v in bi.ty.shape.values]
             batch = int(np.prod(a_shape[:-2]))
-            y = self._kernel(kernels.qbatch_matmul, "batch_matmul", self._reshape(ai, (batch, *a_shape[-2:])),
-                             self._reshape(bi, (batch, *b_shape[-2:])), a_zero_point=a.params.zero_point,
-                             b_zero_point=b.params.zero_point, multiplier=int(fp.multiplier[0]), offset=offset,
-                             shift=int(fp.shift[0]), **common)
+            a3, b3 = self._reshape(ai, (batch, *a_shape[-2:])), self._reshape(bi, (batch, *b_shape[-2:]))
+            za = a.params.zero_point
+            fn, layout = kernels.qbatch_matmul, "plain"
+            if self.dense_layout == "packed16x4":
+                (a3, za), fn, layout = self._as_uint8(a3, za), kernels.qbatch_matmul_packed, self.dense_layout
+            y = self._kernel(fn, "batch_matmul", a3, b3, a_zero_point=za, b_zero_point=b.params.zero_point,
+                             multiplier=int(fp.multiplier[0]), offset=offset, shift=int(fp.shift[0]), layout=layout,
+                             **common)
             return self._reshape(y, out_shape)
         if d.kind == "mul":
             a, b = d.operands
