@@ -96,7 +96,8 @@ def wait_for_quiet(max_wait: float = 90.0, limit: float = QUIET_LIMIT, log=print
             said = True
 
 
-def run_command(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> tuple[int, str, str, float | None]:
+def run_command(cmd: list[str], env: dict | None = None,
+                timeout: float | None = None) -> tuple[int, str, str, float | None]:
     """Run a command; (returncode, stdout, stderr, foreign load over its lifetime)."""
     win = LoadWindow(own_cpu=lambda: 0.0)
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -138,6 +139,21 @@ def rate_stats(ops: float, seconds) -> dict:
 def geomean(values) -> float | None:
     v = [x for x in values if x is not None and x > 0]
     return float(math.exp(sum(math.log(x) for x in v) / len(v))) if v else None
+
+
+# --------------------------------------------------------------------------------------------------
+# exact integer references
+# --------------------------------------------------------------------------------------------------
+def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer matmul, exact: every partial sum is an integer below 2^53, so float64 BLAS is exact."""
+    bound = float(np.abs(a).max(initial=0)) * float(np.abs(b).max(initial=0)) * a.shape[-1]
+    assert bound < 2.0 ** 53, "float64 would not be exact"
+    return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+
+def requantize_reference(acc: np.ndarray, multiplier: np.ndarray, zero_point: int) -> np.ndarray:
+    """u8 = clamp(round_half_even(acc * multiplier) + zp) in float64 (implementations may differ by 1)."""
+    return np.clip(np.rint(acc * multiplier.astype(np.float64)) + zero_point, 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,11 +407,23 @@ def git_state() -> dict:
     def git(*args):
         try:
             return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+                                  timeout=10).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "dirty_files": [ln[3:] for ln in git("status", "--porcelain").splitlines()]}
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "dirty_files": [ln[3:] for ln in git("status", "--porcelain").splitlines() if ln.strip()],
+            "compiler_sources_sha1": compiler_fingerprint()}
+
+
+def compiler_fingerprint() -> str:
+    """sha1 of qcompiler/ and schedules/ sources as they are now (the work tree may be ahead of HEAD)."""
+    import hashlib
+    h = hashlib.sha1()
+    for sub in ("qcompiler", "schedules"):
+        for f in sorted((REPO_DIR / sub).rglob("*.py")):
+            h.update(str(f.relative_to(REPO_DIR)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def run_metadata(threads: int, args) -> dict:
@@ -483,26 +511,26 @@ class Suite:
         return row["gops"]["median"] / ref["gops"]["median"] if ref else None
 
     def print(self, out=print) -> None:
-        header = ["case", "implementation", "config", "median GOP/s", "min-max GOP/s", "% peak",
+        header = ["case", "implementation", "config", "median us", "median GOP/s", "min-max GOP/s", "% peak",
                   "vs best ORT", "load", "check"]
         rows, last = [], None
         for r in self.rows:
             case = r["case"] if r["case"] != last else ""
             last = r["case"]
             if "gops" not in r:
-                rows.append([case, r["impl"], r["config"], "n/a" if r["error"] else "-", "", "", "", "",
-                             (r["error"] or "")[:140]])
+                rows.append([case, r["impl"], r["config"], "", "n/a" if r["error"] else "-", "", "", "", "",
+                             (r["error"] or "")[:160]])
                 continue
             g = r["gops"]
             peak = f"{100 * g['median'] / self.peak:.0f}%" if self.peak else "-"
             ratio = self.ratio(r)
             load = (r["result"] or {}).get("foreign_load")
-            rows.append([case, r["impl"], r["config"], fmt_num(g["median"]),
+            rows.append([case, r["impl"], r["config"], fmt_num(r["seconds"]["median"] * 1e6, 1), fmt_num(g["median"]),
                          f"{g['min']:,.0f}-{g['max']:,.0f}", peak,
                          "-" if ratio is None else f"{ratio:.2f}x",
                          "-" if load is None else (f"{load:.0%}" + ("!" if load > LOAD_LIMIT else "")),
                          ok_text(r["check"])])
-        print_table(header, rows, "lllrrrrrl", out=out)
+        print_table(header, rows, "lllrrrrrrl", out=out)
 
     def geomean(self, impl: str, ref_impl: str | None) -> tuple[float | None, int]:
         ratios = [self.ratio(r, ref_impl) for r in self.rows
@@ -512,6 +540,81 @@ class Suite:
 
     def to_json(self) -> list[dict]:
         return self.rows
+
+
+def measure_variants(runner: Runner, case: str, impl: str, variants: list[tuple[str, dict]], ops: float,
+                     reference: np.ndarray, tolerance: int, post=None, log=print) -> list[dict]:
+    """Run each variant (config name, worker spec) of one implementation in its own subprocess and check
+    its output (`post` adapts it first, e.g. NHWC -> NCHW). Returns one entry per variant."""
+    entries = []
+    for config, spec in variants:
+        res, outs = runner.measure(spec)
+        check = None
+        if "error" not in res:
+            got = next(iter(outs.values())) if outs else None
+            if post is not None and got is not None:
+                got = post(got)
+            check = check_output(got, reference, tolerance)
+        config = config or describe_info(res.get("info") or {})
+        entries.append({"config": config, "result": res, "check": check})
+        if "error" in res:
+            log(f"  {case:<24} {impl:<22} {config:<16} n/a: {res['error'][:150]}")
+        else:
+            g = rate_stats(ops, res["times"])
+            load = res.get("foreign_load")
+            log(f"  {case:<24} {impl:<22} {config:<16} {g['median']:8,.0f} GOP/s  [{g['min']:,.0f}-{g['max']:,.0f}]"
+                f"  {ok_text(check)}  load {'-' if load is None else f'{load:.0%}'}"
+                f"  ({res['subprocess_seconds']:.1f} s, {len(res['attempts'])} attempt(s))")
+    return entries
+
+
+def describe_info(info: dict) -> str:
+    """Short config text from a worker's info: ORT's optimized graph, or qcompiler's kernel summary."""
+    if info.get("ort_optimized_graph"):
+        return ",".join(op.replace("com.microsoft.", "ms.") for op in info["ort_optimized_graph"])
+    if info.get("qcompiler_ops"):
+        parts = []
+        for kind, ops in info["qcompiler_ops"].items():
+            if ops:
+                parts.append(kind + ":" + "+".join(op + (f"x{n}" if n > 1 else "") for op, n in ops.items()))
+        return " ".join(parts)
+    return ""
+
+
+def add_best(suite: "Suite", case: str, impl: str, ops: float, entries: list[dict]) -> dict:
+    """The implementation's row = its fastest correct variant (or fastest at all, or the first error)."""
+    good = [e for e in entries if "error" not in e["result"]]
+    if not good:
+        return suite.add(case, impl, ops, None, None, config=entries[0]["config"] if len(entries) == 1 else "",
+                         variants=entries, error=entries[0]["result"]["error"])
+    pool = [e for e in good if (e["check"] or {}).get("ok")] or good
+    best = min(pool, key=lambda e: float(np.median(e["result"]["times"])))
+    return suite.add(case, impl, ops, best["result"], best["check"], config=best["config"], variants=entries)
+
+
+def compile_with_qcompiler(onnx_path: Path, so_path: Path) -> tuple[str | None, float]:
+    """qcompiler.compile in this (parent) process, not timed with the kernels; TVM's native stderr
+    chatter goes to a log file. Returns (error text or None, seconds). The sources' fingerprint at
+    compile time is in compiler_fingerprint() (another session may be editing them)."""
+    import qcompiler
+    log_path = Path(so_path).with_suffix(".compile.log")
+    t0 = time.time()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_path, "wb") as logf:
+            os.dup2(logf.fileno(), 2)
+            try:
+                qcompiler.compile(str(onnx_path), str(so_path))
+                error = None
+            except Exception as err:  # noqa: BLE001 - the row reports it, the run goes on
+                lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+                error = f"compile failed: {type(err).__name__}: {lines[-1] if lines else ''}"[:400]
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+    return error, time.time() - t0
 
 
 def load_peak(threads: int, repeat: int, log=print) -> dict | None:
@@ -545,4 +648,3 @@ def add_common_args(ap) -> None:
     ap.add_argument("--json", default=None, help="output JSON path (default benchmarks/results/<kind>-<host>.json)")
     ap.add_argument("--workdir", default=None, help="keep models/inputs/outputs here (default: a temp dir)")
     ap.add_argument("--only", default=None, help="comma-separated implementations to run (default: all)")
-    ap.add_argument("--verbose", action="store_true", help="print every variant and ORT's optimized graph")

@@ -4,10 +4,10 @@
 
    Each thread runs `iters` iterations of an unrolled loop of ACC independent accumulator chains
    (vpdpbusd zmm, or vfmadd231ps zmm); threads are pinned to the listed CPUs (default 0..threads-1)
-   and start together after a barrier. One line per repeat on stdout: "<seconds> <ops>", where ops
-   counts 128 ops per vpdpbusd zmm (16 lanes x 4 MACs x 2) and 32 per vfmadd zmm (16 lanes x 2). */
+   and start together after a barrier; time = first thread's start to last thread's end. One line
+   per repeat on stdout: "<seconds> <ops> <checksum>", where ops counts 128 ops per vpdpbusd
+   zmm (16 lanes x 4 MACs x 2) and 32 per vfmadd zmm (16 lanes x 2). */
 #define _GNU_SOURCE
-#include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -90,7 +90,7 @@ typedef struct {
     int vnni, cpu;
     long iters;
     pthread_barrier_t *start;
-    double sink;
+    double sink, t0, t1;
 } job_t;
 
 static void *worker(void *p) {
@@ -105,7 +105,9 @@ static void *worker(void *p) {
     float fseed[32];
     for (int i = 0; i < 32; i++) { iseed[i] = 0x01020304 + i; fseed[i] = 1.0f - 1e-7f * i; }
     pthread_barrier_wait(j->start);
+    j->t0 = now();
     j->sink = j->vnni ? vnni_loop(j->iters, iseed) : fma_loop(j->iters, fseed);
+    j->t1 = now();
     return NULL;
 }
 
@@ -134,15 +136,20 @@ int main(int argc, char **argv) {
         pthread_t th[64];
         job_t jobs[64];
         pthread_barrier_t start;
-        pthread_barrier_init(&start, NULL, (unsigned)threads + 1);
+        pthread_barrier_init(&start, NULL, (unsigned)threads);
         for (int t = 0; t < threads; t++) {
-            jobs[t] = (job_t){vnni, cpus[t], iters, &start, 0.0};
+            jobs[t] = (job_t){vnni, cpus[t], iters, &start, 0.0, 0.0, 0.0};
             pthread_create(&th[t], NULL, worker, &jobs[t]);
         }
-        pthread_barrier_wait(&start);
-        double t0 = now();
         for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
-        double dt = now() - t0;
+        /* wall time from the first thread's start to the last one's end (measured by the threads
+           themselves: the main thread may be descheduled while they run) */
+        double t0 = jobs[0].t0, t1 = jobs[0].t1;
+        for (int t = 1; t < threads; t++) {
+            if (jobs[t].t0 < t0) t0 = jobs[t].t0;
+            if (jobs[t].t1 > t1) t1 = jobs[t].t1;
+        }
+        double dt = t1 - t0;
         pthread_barrier_destroy(&start);
         double sink = 0;
         for (int t = 0; t < threads; t++) sink += jobs[t].sink;
