@@ -642,7 +642,7 @@ def add_common_args(ap) -> None:
     ap.add_argument("--repeat", type=int, default=15, help="measurements per implementation (default 15)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement (default 0.05)")
     ap.add_argument("--retries", type=int, default=2,
-                    help=f"re-runs of a measurement disturbed by > {LOAD_LIMIT:.0%} foreign CPU load (default 2)")
+                    help=f"re-runs of a measurement disturbed by > {LOAD_LIMIT * 100:.0f}%% foreign CPU load (default 2)")
     ap.add_argument("--quiet-wait", type=float, default=90.0,
                     help="max seconds to wait for an idle machine before each measurement (default 90)")
     ap.add_argument("--json", default=None, help="output JSON path (default benchmarks/results/<kind>-<host>.json)")

@@ -146,9 +146,15 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -
     sch.reverse_compute_at(out, tile)
     init = sch.decompose_reduction(acc, r)
     _finish_micro_kernel(sch, init, wi, kb, ki, target)
-    out_loops = sch.get_loops(out)
-    sch.unroll(out_loops[-1])
-    parallel_vectorize_spatial(sch, sch.get_sblock("pad"))
+    # epilogue: 16 channels of one pixel per vector (vector requantize, strided NCHW byte stores);
+    # a scalar requantize per element made 1x1 convs epilogue-bound
+    channels, pixels = sch.get_loops(out)[-2:]
+    sch.reorder(pixels, channels)
+    channel_blocks, lanes = sch.split(channels, [None, 16])
+    sch.unroll(pixels)
+    sch.unroll(channel_blocks)
+    sch.vectorize(lanes)
+    parallel_vectorize_spatial(sch, sch.get_sblock("pad"))  # the NCHW -> padded NHWC copy
 
 
 def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
@@ -170,8 +176,48 @@ def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = Fa
             parallel_vectorize_spatial(sch, block)
 
 
+def depthwise_tile_candidates(out_width: int, channels: int) -> list[tuple[int, int]]:
+    """(MR output pixels, CB 16-channel vectors) for the depthwise register tile, under the stack
+    limit, most accumulators first."""
+    pairs = [(mr, cb) for mr in (8, 7, 6, 5, 4, 3, 2, 1) for cb in (2, 1)
+             if out_width % mr == 0 and channels % (16 * cb) == 0 and mr * cb * 64 < MAX_TILE_BYTES]
+    return sorted(pairs, key=lambda p: -p[0] * p[1])
+
+
+def schedule_depthwise_nhwc(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
+    """MR output pixels x CB*16 channels of int32 accumulators, the R x S taps unrolled inside."""
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    n, h, w, c, r, s = sch.get_loops(acc)
+    candidates = depthwise_tile_candidates(loop_extent(sch, w), loop_extent(sch, c)) or [(1, 1)]
+    mr, cb, _ = _tile_knobs(sch, candidates, tunable)
+    wo, wi = sch.split(w, [None, mr])
+    lanes = 16 if loop_extent(sch, c) % 16 == 0 else 1
+    co, cbl, cv = sch.split(c, [None, cb, lanes])
+    sch.reorder(n, h, wo, co, r, s, wi, cbl, cv)
+    tile = sch.fuse(n, h, wo, co)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile)
+    sch.unroll(r)
+    sch.unroll(s)
+    sch.unroll(wi)
+    sch.unroll(cbl)
+    if lanes > 1:
+        sch.vectorize(cv)  # before decompose_reduction (the update must still be a reduction block)
+    sch.decompose_reduction(acc, r)
+    own = sch.get_loops(out)[1:]  # the epilogue's own loops, below the (single, fused) tile loop
+    if len(own) == 2 and lanes > 1:
+        channels, pixels = own
+        sch.reorder(pixels, channels)
+        channel_blocks, vec = sch.split(channels, [None, 16])
+        sch.unroll(channel_blocks)
+        sch.vectorize(vec)
+        sch.unroll(pixels)
+    parallel_vectorize_spatial(sch, sch.get_sblock("pad"))  # the NCHW -> padded NHWC copy
+
+
 TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed,
-             ("batch_matmul", "packed16x4"): schedule_batch_matmul_packed}
+             ("batch_matmul", "packed16x4"): schedule_batch_matmul_packed,
+             ("conv2d", "depthwise_nhwc"): schedule_depthwise_nhwc}
 
 
 class X86VNNIKernels(dlight.ScheduleRule):

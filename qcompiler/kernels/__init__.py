@@ -6,7 +6,7 @@ the function attributes ``qcompiler.kernel`` (op type) and ``qcompiler.layout`` 
 templates in ``schedules/`` can find them; block names ("acc", "requant", ...) are part of that
 contract.
 """
-from .conv2d import pack_conv_weight, qconv2d, qconv2d_packed
+from .conv2d import pack_conv_weight, qconv2d, qconv2d_packed, qdepthwise_conv2d_nhwc
 from .dense import pack_dense_weight, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed
 from .elementwise import qadd, qmul, requantize
 from .pool import qavg_pool2d
@@ -15,4 +15,4 @@ KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, ad
 LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
 
 __all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_dense_weight", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qconv2d", "qdense",
-           "qdense_packed", "qmul", "requantize"]
+           "qdense_packed", "qdepthwise_conv2d_nhwc", "qmul", "requantize"]

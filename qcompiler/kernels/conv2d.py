@@ -94,3 +94,35 @@ def qconv2d_packed(x, wp, multiplier, offset, shift, *, out_channels: int, strid
     return epilogue((n_dim, out_channels, oh, ow), lambda n, o, h, wi: acc[n, h, wi, o], lambda n, o, h, wi: o,
                     multiplier, offset, shift, zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype,
                     out_scale=out_scale, out_bias=out_bias)
+
+
+def qdepthwise_conv2d_nhwc(x, wk, multiplier, offset, shift, *, strides, padding, dilation, pad_value: int,
+                           zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None):
+    """Depthwise conv (groups = channels) computed channels-last: x [N, C, H, W] -> [N, C, OH, OW].
+
+    wk is the weight as [R, S, C] (int8). Depthwise has only R*S products per output, too few for
+    vpdpbusd's 4-deep dot; vectorizing 16 channels per int32 vector needs channels innermost, so
+    stage "pad" copies x into zero-point-padded NHWC, "acc" accumulates NHWC and the epilogue
+    writes NCHW.
+    """
+    n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
+    r_dim, s_dim = int(wk.shape[0]), int(wk.shape[1])
+    pt, pl, pb, pr = padding
+    sh, sw = strides
+    dh, dw = dilation
+    hp, wpd = h_dim + pt + pb, w_dim + pl + pr
+    oh = (hp - dh * (r_dim - 1) - 1) // sh + 1
+    ow = (wpd - dw * (s_dim - 1) - 1) // sw + 1
+
+    def padded(n, h, wi, c):
+        inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim)
+        return tirx.if_then_else(inside, x[n, c, h - pt, wi - pl], tirx.const(pad_value, x.dtype))
+    xp = te.compute((n_dim, hp, wpd, c_dim), padded, name="pad")
+    r = te.reduce_axis((0, r_dim), "r")
+    s = te.reduce_axis((0, s_dim), "s")
+    acc = te.compute((n_dim, oh, ow, c_dim), lambda n, h, wi, c: te.sum(
+        xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32") * wk[r, s, c].astype("int32"), axis=[r, s]),
+        name="acc")
+    return epilogue((n_dim, c_dim, oh, ow), lambda n, c, h, wi: acc[n, h, wi, c], lambda n, c, h, wi: c,
+                    multiplier, offset, shift, zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype,
+                    out_scale=out_scale, out_bias=out_bias)

@@ -205,6 +205,11 @@ class _Lowerer(relax.PyExprMutator):
                 return self._reshape(y, out_shape)
             a = d.attrs
             geometry = dict(strides=a["strides"], padding=a["padding"], dilation=a["dilation"], pad_value=za)
+            depthwise = a["groups"] == wq.shape[0] == int(xi.ty.shape.values[1]) and wq.shape[1] == 1
+            if self.dense_layout == "packed16x4" and depthwise and not np.any(wzp != 0):
+                return self._kernel(kernels.qdepthwise_conv2d_nhwc, "conv2d", xi,
+                                    _int_const(np.ascontiguousarray(wq[:, 0].transpose(1, 2, 0)), "int8"), *params,
+                                    **extra_args, layout="depthwise_nhwc", **geometry, **common)
             if packed:
                 return self._kernel(kernels.qconv2d_packed, "conv2d", xi,
                                     _int_const(kernels.pack_conv_weight(wq), "int8"), *params, **extra_args,
