@@ -7,6 +7,9 @@ output. Implementations, each in its own subprocess, all on --threads threads:
   qcompiler-qdq         ONNX QDQ model, NCHW as ONNX is: DequantizeLinear(x) -> Conv(DequantizeLinear(W, axis 0),
                         DequantizeLinear(bias int32, scale x_scale*w_scale)) -> QuantizeLinear, compiled by
                         qcompiler.compile
+  qcompiler-qdq-nhwc    the same QDQ conv with NHWC graph I/O (Transposes around it, each between its own
+                        DequantizeLinear/QuantizeLinear, as a layer inside an NHWC network sees it): qcompiler
+                        keeps the conv channels-last, so the Transposes cancel
   ort-qdq-nchw          ONNX Runtime on the same QDQ model (fused to QLinearConv; with NCHW graph I/O ORT
                         adds Transposes to its NHWC kernel)
   ort-qlinearconv-nhwc  ONNX Runtime on com.microsoft.QLinearConv(channels_last=1): NHWC in and out, the
@@ -37,7 +40,7 @@ DEFAULT_LAYERS = [
     (32, 112, 32, 3, 1, 1, 32),    # MobileNet depthwise
     (96, 56, 96, 3, 1, 1, 96),     # MobileNet depthwise
 ]
-IMPLS = ["qcompiler-qdq", "ort-qdq-nchw", "ort-qlinearconv-nhwc"]
+IMPLS = ["qcompiler-qdq", "qcompiler-qdq-nhwc", "ort-qdq-nchw", "ort-qlinearconv-nhwc"]
 ORT_IMPLS = ["ort-qdq-nchw", "ort-qlinearconv-nhwc"]
 X_SCALE = np.float32(0.02)
 Y_ZERO_POINT = 128
@@ -93,8 +96,9 @@ def _common_inits(case):
             numpy_helper.from_array(case["bias"], "bias_q")]
 
 
-def qdq_conv_model(case, R, stride, pad, groups):
-    """What ORT's quantize_static(QDQ, per_channel=True) writes for a conv, u8 activations."""
+def qdq_conv_model(case, R, stride, pad, groups, channels_last_io: bool = False):
+    """What ORT's quantize_static(QDQ, per_channel=True) writes for a conv, u8 activations; with
+    ``channels_last_io`` the graph takes and returns NHWC through Transposes wrapped in Q/DQ."""
     from onnx import TensorProto, helper, numpy_helper
     _, C, H, _ = case["x"].shape
     K = case["w"].shape[0]
@@ -105,11 +109,18 @@ def qdq_conv_model(case, R, stride, pad, groups):
     nodes = [helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zp"], ["x_f"]),
              helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_f"], axis=0),
              helper.make_node("DequantizeLinear", ["bias_q", "bias_scale", "bias_zp"], ["bias_f"], axis=0),
-             helper.make_node("Conv", ["x_f", "w_f", "bias_f"], ["y_f"], kernel_shape=[R, R],
-                              strides=[stride, stride], pads=[pad] * 4, group=groups),
-             helper.make_node("QuantizeLinear", ["y_f", "y_scale", "y_zp"], ["y"])]
-    g = helper.make_graph(nodes, "qdq_conv", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, C, H, H])],
-                          [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, K, OH, OH])], inits)
+             helper.make_node("Conv", ["x_nchw" if channels_last_io else "x_f", "w_f", "bias_f"], ["y_f"],
+                              kernel_shape=[R, R], strides=[stride, stride], pads=[pad] * 4, group=groups),
+             helper.make_node("QuantizeLinear", ["y_f", "y_scale", "y_zp"], ["y_nchw" if channels_last_io else "y"])]
+    x_shape, y_shape = [1, C, H, H], [1, K, OH, OH]
+    if channels_last_io:
+        nodes.insert(3, helper.make_node("Transpose", ["x_f"], ["x_nchw"], perm=[0, 3, 1, 2]))
+        nodes += [helper.make_node("DequantizeLinear", ["y_nchw", "y_scale", "y_zp"], ["y_nchw_f"]),
+                  helper.make_node("Transpose", ["y_nchw_f"], ["y_nhwc_f"], perm=[0, 2, 3, 1]),
+                  helper.make_node("QuantizeLinear", ["y_nhwc_f", "y_scale", "y_zp"], ["y"])]
+        x_shape, y_shape = [1, H, H, C], [1, OH, OH, K]
+    g = helper.make_graph(nodes, "qdq_conv", [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
 
 
@@ -163,16 +174,21 @@ def run_layer(layer, args, runner: harness.Runner, suite: harness.Suite, impls: 
         entries = harness.measure_variants(runner, name, impl, variants, ops, case["ref"], 1, post=post)
         return harness.add_best(suite, name, impl, ops, entries)
 
+    qdq_nhwc_path = wd / f"{tag}_qdq_nhwc.onnx"
+    onnx.save(qdq_conv_model(case, R, stride, pad, groups, channels_last_io=True), qdq_nhwc_path)
     for impl in impls:
-        if impl == "qcompiler-qdq":
-            so = wd / f"{tag}_qdq.so"
-            error, secs = harness.compile_with_qcompiler(qdq_path, so)
+        if impl in ("qcompiler-qdq", "qcompiler-qdq-nhwc"):
+            nhwc = impl.endswith("nhwc")
+            so = wd / f"{tag}_{impl}.so"
+            error, secs = harness.compile_with_qcompiler(qdq_nhwc_path if nhwc else qdq_path, so)
             compiled = {"seconds": secs, "error": error, "compiler_sources_sha1": harness.compiler_fingerprint()}
             print(f"  {name:<24} {impl:<22} compiled in {secs:.1f} s" + (f": {error}" if error else ""))
             if error:
                 suite.add(name, impl, ops, None, None, error=error)["compile"] = compiled
                 continue
-            row = measure(impl, [("", {"kind": "qcompiler", "library": str(so), "inputs": str(nchw_npz)})])
+            row = measure(impl, [("", {"kind": "qcompiler", "library": str(so),
+                                       "inputs": str(nhwc_npz if nhwc else nchw_npz)})],
+                          post=(lambda y: y.transpose(0, 3, 1, 2)) if nhwc else None)
             row["compile"] = compiled
         elif impl == "ort-qdq-nchw":
             measure(impl, [("", {"kind": "ort", "model": str(qdq_path), "inputs": str(nchw_npz),
@@ -219,6 +235,7 @@ def main(argv=None) -> int:
     suite.print()
     geo = {}
     for impl, ref, label in [("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
+                             ("qcompiler-qdq-nhwc", None, "qcompiler-qdq-nhwc / best ORT"),
                              ("ort-qlinearconv-nhwc", "ort-qdq-nchw", "ORT NHWC / ORT QDQ NCHW")]:
         g, n = suite.geomean(impl, ref)
         geo[label] = {"geomean": g, "layers": n}

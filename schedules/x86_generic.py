@@ -87,18 +87,35 @@ def schedule_pool(sch: s_tir.Schedule) -> None:
     vectorize_epilogue(sch, out, channels)
 
 
+def schedule_pool_nhwc(sch: s_tir.Schedule) -> None:
+    """NHWC average pooling: pixels in parallel, the window reduced over 16-channel vectors."""
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    n, h, w, c, r, s = sch.get_loops(acc)
+    lanes = vector_lanes(loop_extent(sch, c))
+    co, cv = sch.split(c, [None, lanes])
+    sch.reorder(n, h, w, co, r, s, cv)
+    pixels = sch.fuse(n, h, w, co)
+    sch.parallel(pixels)
+    sch.reverse_compute_at(out, pixels)
+    if lanes > 1:
+        sch.vectorize(cv)
+    sch.decompose_reduction(acc, r)
+    vectorize_epilogue(sch, out, pixels)
+
+
 def schedule_elementwise(sch: s_tir.Schedule) -> None:
     parallel_vectorize_spatial(sch, sch.get_sblock("requant"))
 
 
-TEMPLATES = {
-    "dense": schedule_dense,
-    "conv2d": schedule_conv2d,
-    "batch_matmul": schedule_batch_matmul,
-    "avg_pool2d": schedule_pool,
-    "requantize": schedule_elementwise,
-    "add": schedule_elementwise,
-    "mul": schedule_elementwise,
+TEMPLATES = {  # (kernel, layout) -> template
+    ("dense", "plain"): schedule_dense,
+    ("conv2d", "plain"): schedule_conv2d,
+    ("batch_matmul", "plain"): schedule_batch_matmul,
+    ("avg_pool2d", "plain"): schedule_pool,
+    ("avg_pool2d", "nhwc"): schedule_pool_nhwc,
+    ("requantize", "plain"): schedule_elementwise,
+    ("add", "plain"): schedule_elementwise,
+    ("mul", "plain"): schedule_elementwise,
 }
 
 
@@ -108,8 +125,8 @@ class X86IntegerKernels(dlight.ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
             return None
-        template = TEMPLATES.get(str(func.attrs[KERNEL_ATTR]))
-        if template is None or str(func.attrs.get("qcompiler.layout", "plain")) != "plain":
+        template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), str(func.attrs.get("qcompiler.layout", "plain"))))
+        if template is None:
             return None
         sch = s_tir.Schedule(func)
         template(sch)

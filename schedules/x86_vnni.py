@@ -146,15 +146,25 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -
     sch.reverse_compute_at(out, tile)
     init = sch.decompose_reduction(acc, r)
     _finish_micro_kernel(sch, init, wi, kb, ki, target)
-    # epilogue: 16 channels of one pixel per vector (vector requantize, strided NCHW byte stores);
-    # a scalar requantize per element made 1x1 convs epilogue-bound
-    channels, pixels = sch.get_loops(out)[-2:]
-    sch.reorder(pixels, channels)
-    channel_blocks, lanes = sch.split(channels, [None, 16])
-    sch.unroll(pixels)
-    sch.unroll(channel_blocks)
-    sch.vectorize(lanes)
-    parallel_vectorize_spatial(sch, sch.get_sblock("pad"))  # the NCHW -> padded NHWC copy
+    _vectorize_channels_epilogue(sch, out)
+    pad = find_block(sch, "pad")
+    if pad is not None:
+        parallel_vectorize_spatial(sch, pad)
+
+
+def _vectorize_channels_epilogue(sch: s_tir.Schedule, out) -> None:
+    """The NHWC epilogue under the tile loop: pixels unrolled, 16 contiguous channels per vector."""
+    own = sch.get_loops(out)[1:]  # below the (single, fused) tile loop; unit loops are gone
+    if not own:
+        return
+    channels = own[-1]
+    extent = loop_extent(sch, channels)
+    if extent and extent % 16 == 0:
+        blocks, lanes = sch.split(channels, [None, 16])
+        sch.unroll(blocks)
+        sch.vectorize(lanes)
+    for loop in own[:-1]:
+        sch.unroll(loop)
 
 
 def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
@@ -204,15 +214,10 @@ def schedule_depthwise_nhwc(sch: s_tir.Schedule, target, tunable: bool = False) 
     if lanes > 1:
         sch.vectorize(cv)  # before decompose_reduction (the update must still be a reduction block)
     sch.decompose_reduction(acc, r)
-    own = sch.get_loops(out)[1:]  # the epilogue's own loops, below the (single, fused) tile loop
-    if len(own) == 2 and lanes > 1:
-        channels, pixels = own
-        sch.reorder(pixels, channels)
-        channel_blocks, vec = sch.split(channels, [None, 16])
-        sch.unroll(channel_blocks)
-        sch.vectorize(vec)
-        sch.unroll(pixels)
-    parallel_vectorize_spatial(sch, sch.get_sblock("pad"))  # the NCHW -> padded NHWC copy
+    _vectorize_channels_epilogue(sch, out)
+    pad = find_block(sch, "pad")
+    if pad is not None:
+        parallel_vectorize_spatial(sch, pad)
 
 
 TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed,

@@ -64,65 +64,75 @@ def pack_conv_weight(w):
 
 
 def qconv2d_packed(x, wp, multiplier, offset, shift, *, out_channels: int, strides, padding, dilation,
-                   pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None):
-    """x [N, C, H, W] (u8), wp = pack_conv_weight(w) (groups = 1) -> [N, out_channels, OH, OW].
+                   pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None,
+                   out_layout: str = "NHWC"):
+    """x [N, H, W, C] (u8, NHWC), wp = pack_conv_weight(w) (groups = 1) -> [N, OH, OW, out_channels] (NHWC;
+    NCHW with ``out_layout``, for a float result leaving the integer region).
 
     Stage "pad" copies x into zero-point-padded NHWC with channels rounded up to 4 (the
-    micro-kernel reads 4 channels per vpdpbusd lane); "acc" accumulates NHWC with output channels
-    rounded up to 16; the epilogue ("requant") writes NCHW. Epilogues as in ``qconv2d``.
+    micro-kernel reads 4 channels per vpdpbusd lane); "acc" accumulates with output channels
+    rounded up to 16; the epilogue writes 16 contiguous channels per vector. Epilogues as in ``qconv2d``.
     """
-    n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
+    n_dim, h_dim, w_dim, c_dim = (int(v) for v in x.shape)
     ob, r_dim, s_dim, cq = (int(v) for v in wp.shape[:4])
-    pt, pl, pb, pr = padding
+    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), cq * 4, pad_value)
     sh, sw = strides
     dh, dw = dilation
-    hp, wpd = h_dim + pt + pb, w_dim + pl + pr
-    oh = (hp - dh * (r_dim - 1) - 1) // sh + 1
-    ow = (wpd - dw * (s_dim - 1) - 1) // sw + 1
-
-    def padded(n, h, wi, c):
-        inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim, c < c_dim)
-        fill = tirx.if_then_else(c < c_dim, tirx.const(pad_value, x.dtype), tirx.const(0, x.dtype))
-        return tirx.if_then_else(inside, x[n, tirx.min(c, c_dim - 1), h - pt, wi - pl], fill)
-    xp = te.compute((n_dim, hp, wpd, cq * 4), padded, name="pad")
     r = te.reduce_axis((0, r_dim), "r")
     s = te.reduce_axis((0, s_dim), "s")
     c = te.reduce_axis((0, cq * 4), "c")
     acc = te.compute((n_dim, oh, ow, ob * 16), lambda n, h, wi, k: te.sum(
         xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32")
         * wp[k // 16, r, s, c // 4, k % 16, c % 4].astype("int32"), axis=[r, s, c]), name="acc")
-    return epilogue((n_dim, out_channels, oh, ow), lambda n, o, h, wi: acc[n, h, wi, o], lambda n, o, h, wi: o,
-                    multiplier, offset, shift, zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype,
-                    out_scale=out_scale, out_bias=out_bias)
+    return _nhwc_epilogue(acc, out_channels, out_layout, multiplier, offset, shift, zero_point=zero_point, lo=lo,
+                          hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)
+
+
+def _nhwc_epilogue(acc, channels: int, out_layout: str, *params, **kwargs):
+    """The epilogue of an NHWC accumulator, written NHWC or NCHW."""
+    n_dim, oh, ow = (int(v) for v in acc.shape[:3])
+    if out_layout == "NCHW":
+        return epilogue((n_dim, channels, oh, ow), lambda n, o, h, wi: acc[n, h, wi, o], lambda n, o, h, wi: o,
+                        *params, **kwargs)
+    return epilogue((n_dim, oh, ow, channels), lambda n, h, wi, o: acc[n, h, wi, o], lambda n, h, wi, o: o,
+                    *params, **kwargs)
+
+
+def _pad_nhwc(x, padding, strides, dilation, kernel, channels: int, pad_value: int):
+    """Stage "pad": NHWC x padded spatially with the zero point and along C (with 0) to ``channels``
+    (no stage at all when there is nothing to pad: 1x1 convs read x directly)."""
+    n_dim, h_dim, w_dim, c_dim = (int(v) for v in x.shape)
+    pt, pl, pb, pr = padding
+    hp, wpd = h_dim + pt + pb, w_dim + pl + pr
+    oh = (hp - dilation[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    ow = (wpd - dilation[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    if not (pt or pl or pb or pr) and channels == c_dim:
+        return x, oh, ow
+
+    def padded(n, h, wi, c):
+        inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim, c < c_dim)
+        fill = tirx.if_then_else(c < c_dim, tirx.const(pad_value, x.dtype), tirx.const(0, x.dtype))
+        return tirx.if_then_else(inside, x[n, h - pt, wi - pl, tirx.min(c, c_dim - 1)], fill)
+    return te.compute((n_dim, hp, wpd, channels), padded, name="pad"), oh, ow
 
 
 def qdepthwise_conv2d_nhwc(x, wk, multiplier, offset, shift, *, strides, padding, dilation, pad_value: int,
-                           zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None):
-    """Depthwise conv (groups = channels) computed channels-last: x [N, C, H, W] -> [N, C, OH, OW].
+                           zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None,
+                           out_layout: str = "NHWC"):
+    """Depthwise conv (groups = channels), NHWC in and out: x [N, H, W, C] -> [N, OH, OW, C].
 
     wk is the weight as [R, S, C] (int8). Depthwise has only R*S products per output, too few for
-    vpdpbusd's 4-deep dot; vectorizing 16 channels per int32 vector needs channels innermost, so
-    stage "pad" copies x into zero-point-padded NHWC, "acc" accumulates NHWC and the epilogue
-    writes NCHW.
+    vpdpbusd's 4-deep dot: 16 channels per int32 vector instead, which needs channels innermost.
     """
-    n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
+    n_dim, _, _, c_dim = (int(v) for v in x.shape)
     r_dim, s_dim = int(wk.shape[0]), int(wk.shape[1])
-    pt, pl, pb, pr = padding
+    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), c_dim, pad_value)
     sh, sw = strides
     dh, dw = dilation
-    hp, wpd = h_dim + pt + pb, w_dim + pl + pr
-    oh = (hp - dh * (r_dim - 1) - 1) // sh + 1
-    ow = (wpd - dw * (s_dim - 1) - 1) // sw + 1
-
-    def padded(n, h, wi, c):
-        inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim)
-        return tirx.if_then_else(inside, x[n, c, h - pt, wi - pl], tirx.const(pad_value, x.dtype))
-    xp = te.compute((n_dim, hp, wpd, c_dim), padded, name="pad")
     r = te.reduce_axis((0, r_dim), "r")
     s = te.reduce_axis((0, s_dim), "s")
     acc = te.compute((n_dim, oh, ow, c_dim), lambda n, h, wi, c: te.sum(
         xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32") * wk[r, s, c].astype("int32"), axis=[r, s]),
         name="acc")
-    return epilogue((n_dim, c_dim, oh, ow), lambda n, c, h, wi: acc[n, h, wi, c], lambda n, c, h, wi: c,
-                    multiplier, offset, shift, zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype,
-                    out_scale=out_scale, out_bias=out_bias)
+    return _nhwc_epilogue(acc, c_dim, out_layout, multiplier, offset, shift, zero_point=zero_point, lo=lo, hi=hi,
+                          out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)

@@ -9,6 +9,7 @@ become dead and are removed by DeadCodeElimination; whatever has no integer rule
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -19,7 +20,19 @@ from ..errors import QCompilerError
 from ..quant.fixed_point import quantize_multiplier
 from .binding_util import emit_replacing, rewrite_relax_functions
 from .qdq_analysis import analyze
-from .qvalues import Accumulator, Concat, ConstSource, LinearSum, QActivation, QConstant, QParams, VarSource
+from .qvalues import (Accumulator, Concat, ConstSource, LinearSum, OpSource, QActivation, QConstant, QParams,
+                      VarSource)
+
+
+NCHW_TO_NHWC, NHWC_TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+@dataclass(frozen=True)
+class ChannelsLast:
+    """A kernel result stored NHWC. Its binding keeps NCHW meaning through a permute_dims, which
+    dead-code elimination drops when every consumer takes the NHWC tensor itself."""
+
+    expr: relax.Expr
 
 
 def _int_const(values, dtype: str) -> tvm.ir.GenericConst:
@@ -54,6 +67,7 @@ class _Lowerer(relax.PyExprMutator):
         self.plans = plans
         self.memo: dict = {}
         self.dense_layout = dense_layout
+        self.channels_last: dict = {}  # original var -> its NHWC twin (for kernels that take NHWC)
 
     # ------------------------------------------------------------------ bindings
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -69,16 +83,25 @@ class _Lowerer(relax.PyExprMutator):
             out = QParams(float(np.float32(call.args[1].value.numpy().reshape(()))),
                           int(call.args[2].value.numpy().reshape(())), str(call.attrs.out_dtype))
             value = self._quantized(description, out, call)
+        if isinstance(value, ChannelsLast):
+            self.channels_last[binding.var] = value.expr
+            value = relax.op.permute_dims(value.expr, NHWC_TO_NCHW)
         emit_replacing(self, binding.var, value)
 
     # ------------------------------------------------------------------ integer tensors
-    def _int_tensor(self, source) -> relax.Expr:
+    def _int_tensor(self, source, layout: str = "NCHW") -> relax.Expr:
+        """The integer tensor of ``source``; ``layout`` "NHWC" asks a 4-D activation channels-last."""
         if isinstance(source, tuple):
-            return relax.Tuple([self._int_tensor(s) for s in source])
-        key = id(source)
+            return relax.Tuple([self._int_tensor(s, layout) for s in source])
+        key = (id(source), layout)
         if key in self.memo:
             return self.memo[key][1]
-        if isinstance(source, VarSource):
+        undone = self._undone_transpose(source, layout)
+        if undone is not None:
+            expr = undone
+        elif layout == "NHWC":
+            expr = self._channels_last_tensor(source)
+        elif isinstance(source, VarSource):
             expr = self.visit_expr(source.var)
         elif isinstance(source, ConstSource):
             expr = relax.const(source.array)
@@ -88,6 +111,54 @@ class _Lowerer(relax.PyExprMutator):
             expr = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
         self.memo[key] = (source, expr)  # keep the source alive so id() stays unique
         return expr
+
+    def _undone_transpose(self, source, layout: str) -> relax.Expr | None:
+        """A transpose that meets its inverse cancels: the model's own NHWC->NCHW permute asked for
+        as NHWC is its input; an NCHW->NHWC permute of a channels-last result is that result."""
+        if not (isinstance(source, OpSource) and source.call.op.name == "relax.permute_dims"
+                and source.call.attrs.axes is not None):
+            return None
+        axes = [int(a) for a in source.call.attrs.axes]
+        if layout == "NHWC" and axes == NHWC_TO_NCHW:
+            return self._int_tensor(source.input, "NCHW")
+        if layout == "NCHW" and axes == NCHW_TO_NHWC and self.has_channels_last(source.input):
+            return self._int_tensor(source.input, "NHWC")
+        return None
+
+    def _channels_last_tensor(self, source) -> relax.Expr:
+        if isinstance(source, VarSource) and source.var in self.channels_last:
+            return self.channels_last[source.var]
+        if isinstance(source, OpSource) and self.has_channels_last(source):
+            call, attrs = source.call, source.call.attrs
+            if call.op.name == "relax.nn.max_pool2d":
+                return self.builder_.emit(relax.op.nn.max_pool2d(
+                    self._int_tensor(source.input, "NHWC"), pool_size=attrs.pool_size, strides=attrs.strides,
+                    padding=attrs.padding, dilation=attrs.dilation, ceil_mode=attrs.ceil_mode,
+                    count_include_pad=attrs.count_include_pad, layout="NHWC", out_layout="NHWC"))
+            return self.builder_.emit(relax.op.concat(self._int_tensor(source.input, "NHWC").fields, axis=3))
+        return self.builder_.emit(relax.op.permute_dims(self._int_tensor(source), NCHW_TO_NHWC))
+
+    def has_channels_last(self, source) -> bool:
+        """Whether ``source`` exists channels-last without a transpose (so NHWC consumers are cheap)."""
+        if isinstance(source, tuple):
+            return all(self.has_channels_last(s) for s in source)
+        if isinstance(source, VarSource):
+            return source.var in self.channels_last
+        if isinstance(source, OpSource):
+            name = source.call.op.name
+            if name == "relax.permute_dims" and source.call.attrs.axes is not None \
+                    and [int(a) for a in source.call.attrs.axes] == NHWC_TO_NCHW:
+                return True  # the model's own NHWC -> NCHW transpose: its input is the NHWC tensor
+            if name == "relax.nn.max_pool2d" and source.call.attrs.layout == "NCHW":
+                return self.has_channels_last(source.input)
+            if name == "relax.concat" and int(source.call.attrs.axis) in (1, -3):
+                return self.has_channels_last(source.input)
+        return False
+
+    def _nchw(self, value) -> relax.Expr:
+        if isinstance(value, ChannelsLast):
+            return self.builder_.emit(relax.op.permute_dims(value.expr, NHWC_TO_NCHW))
+        return value
 
     def _as_uint8(self, x: relax.Expr, zero_point: int) -> tuple[relax.Expr, int]:
         """VNNI multiplies u8 activations: an int8 tensor (a graph input, or one the uint8
@@ -103,6 +174,7 @@ class _Lowerer(relax.PyExprMutator):
         return self.builder_.emit(relax.op.reshape(expr, list(shape)))
 
     def _kernel(self, fn, kind: str, *args, layout: str = "plain", **kwargs) -> relax.Expr:
+        """Emit kernel ``fn``; ``kind`` and ``layout`` are the attributes the schedules dispatch on."""
         attrs = {kernels.KERNEL_ATTR: kind, kernels.LAYOUT_ATTR: layout}
         return self.builder_.emit(self.builder_.call_te(
             fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs=attrs, **kwargs))
@@ -116,30 +188,43 @@ class _Lowerer(relax.PyExprMutator):
         if isinstance(d, LinearSum):
             return self._linear_sum(d, out, call)
         if isinstance(d, Concat):
-            parts = [self._quantized(t, out, call) for t in d.terms]
+            parts = [self._nchw(self._quantized(t, out, call)) for t in d.terms]
             return relax.op.concat(parts, axis=int(d.call.attrs.axis))
         raise TypeError(d)
 
-    def _linear_sum(self, d: LinearSum, out: QParams, call: relax.Call) -> relax.Expr:
+    def _elementwise_layout(self, terms) -> str:
+        """Elementwise kernels follow their inputs: NHWC if every input is 4-D, of one shape, and
+        already channels-last; else NCHW."""
+        shapes = {tuple(int(v) for v in self._int_tensor(t.source).ty.shape.values) for t in terms}
+        if len(shapes) == 1 and len(next(iter(shapes))) == 4 and all(self.has_channels_last(t.source) for t in terms):
+            return "NHWC"
+        return "NCHW"
+
+    def _linear_sum(self, d: LinearSum, out: QParams, call: relax.Call):
         lo, hi = _clamp_bounds(d.lo, d.hi, out)
+        layout = self._elementwise_layout(d.terms)
+        wrap = ChannelsLast if layout == "NHWC" else (lambda e: e)
         if len(d.terms) == 1:
             (term,) = d.terms
-            x = self._int_tensor(term.source)
+            x = self._int_tensor(term.source, layout)
             if term.params == out and lo <= out.qmin and hi >= out.qmax:
-                return x
+                return wrap(x)
             fp = quantize_multiplier(term.params.scale / out.scale, "requantize")
-            return self._kernel(kernels.requantize, "requantize", x, input_zero_point=term.params.zero_point,
-                                multiplier=int(fp.multiplier[0]), shift=int(fp.shift[0]), zero_point=out.zero_point,
-                                lo=lo, hi=hi, out_dtype=out.dtype)
+            return wrap(self._kernel(kernels.requantize, "requantize", x, input_zero_point=term.params.zero_point,
+                                     multiplier=int(fp.multiplier[0]), shift=int(fp.shift[0]),
+                                     zero_point=out.zero_point, lo=lo, hi=hi, out_dtype=out.dtype))
         a, b = d.terms
         ra, rb = a.params.scale / out.scale, b.params.scale / out.scale
         shift = int(quantize_multiplier(max(ra, rb), "add").shift[0])
         ma, mb = int(round(ra * 2.0 ** shift)), int(round(rb * 2.0 ** shift) * d.coefficients[1])
         out_shape = tuple(int(v) for v in call.args[0].ty.shape.values)
-        return self._kernel(kernels.qadd, "add", self._int_tensor(a.source), self._int_tensor(b.source),
-                            out_shape=out_shape, a_zero_point=a.params.zero_point, b_zero_point=b.params.zero_point,
-                            a_multiplier=ma, b_multiplier=mb, shift=shift, zero_point=out.zero_point, lo=lo, hi=hi,
-                            out_dtype=out.dtype)
+        if layout == "NHWC":
+            out_shape = tuple(out_shape[i] for i in NCHW_TO_NHWC)
+        return wrap(self._kernel(kernels.qadd, "add", self._int_tensor(a.source, layout),
+                                 self._int_tensor(b.source, layout), out_shape=out_shape,
+                                 a_zero_point=a.params.zero_point, b_zero_point=b.params.zero_point, a_multiplier=ma,
+                                 b_multiplier=mb, shift=shift, zero_point=out.zero_point, lo=lo, hi=hi,
+                                 out_dtype=out.dtype))
 
     def _accumulator(self, d: Accumulator, out: QParams | None, call: relax.Call | None,
                      float_output: bool = False) -> relax.Expr:
@@ -169,16 +254,19 @@ class _Lowerer(relax.PyExprMutator):
         if d.kind in ("dense", "conv2d"):
             x, w = d.operands
             wq, wzp = _signed_weight(w)
-            xi, za = self._int_tensor(x.source), x.params.zero_point
             if d.kind == "dense":
                 wzp = wzp[0, :]
                 reduce_axes, k_size = (0,), wq.shape[0]
             else:
                 wzp = wzp[:, 0, 0, 0]
                 reduce_axes, k_size = (1, 2, 3), int(np.prod(wq.shape[1:]))
-            # VNNI micro-kernels: dense, and conv2d without groups or weight zero points
-            packed = self.dense_layout == "packed16x4" and (
-                d.kind == "dense" or (d.attrs["groups"] == 1 and not np.any(wzp != 0)))
+            # VNNI micro-kernels: dense, conv2d without groups, depthwise (all without weight zero points);
+            # the conv ones work channels-last, NHWC in and out
+            vnni = self.dense_layout == "packed16x4" and not (d.kind == "conv2d" and np.any(wzp != 0))
+            depthwise = d.kind == "conv2d" and wq.shape[1] == 1 and d.attrs["groups"] == wq.shape[0] > 1
+            packed = vnni and (d.kind == "dense" or d.attrs["groups"] == 1)
+            channels_last = vnni and d.kind == "conv2d" and (packed or depthwise)
+            xi, za = self._int_tensor(x.source, "NHWC" if channels_last else "NCHW"), x.params.zero_point
             if packed:
                 xi, za = self._as_uint8(xi, za)
             colsum = wq.astype(np.int64).sum(axis=reduce_axes)
@@ -205,15 +293,19 @@ class _Lowerer(relax.PyExprMutator):
                 return self._reshape(y, out_shape)
             a = d.attrs
             geometry = dict(strides=a["strides"], padding=a["padding"], dilation=a["dilation"], pad_value=za)
-            depthwise = a["groups"] == wq.shape[0] == int(xi.ty.shape.values[1]) and wq.shape[1] == 1
-            if self.dense_layout == "packed16x4" and depthwise and not np.any(wzp != 0):
-                return self._kernel(kernels.qdepthwise_conv2d_nhwc, "conv2d", xi,
-                                    _int_const(np.ascontiguousarray(wq[:, 0].transpose(1, 2, 0)), "int8"), *params,
-                                    **extra_args, layout="depthwise_nhwc", **geometry, **common)
-            if packed:
-                return self._kernel(kernels.qconv2d_packed, "conv2d", xi,
-                                    _int_const(kernels.pack_conv_weight(wq), "int8"), *params, **extra_args,
-                                    layout=self.dense_layout, out_channels=wq.shape[0], **geometry, **common)
+            if channels_last:  # a float result leaves the integer region: written NCHW by the kernel
+                out_layout = "NCHW" if float_output else "NHWC"
+                if depthwise:
+                    y = self._kernel(kernels.qdepthwise_conv2d_nhwc, "conv2d", xi,
+                                     _int_const(np.ascontiguousarray(wq[:, 0].transpose(1, 2, 0)), "int8"), *params,
+                                     **extra_args, layout="depthwise_nhwc", out_layout=out_layout, **geometry,
+                                     **common)
+                else:
+                    y = self._kernel(kernels.qconv2d_packed, "conv2d", xi,
+                                     _int_const(kernels.pack_conv_weight(wq), "int8"), *params, **extra_args,
+                                     layout=self.dense_layout, out_channels=wq.shape[0], out_layout=out_layout,
+                                     **geometry, **common)
+                return y if float_output else ChannelsLast(y)
             return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **extra_args,
                                 groups=a["groups"], **geometry, **common)
 
@@ -243,10 +335,12 @@ class _Lowerer(relax.PyExprMutator):
                                 shift=int(fp.shift[0]), **common)
         if d.kind == "avg_pool2d":
             (x,) = d.operands
-            return self._kernel(kernels.qavg_pool2d, "avg_pool2d", self._int_tensor(x.source),
-                                pool_size=d.attrs["pool_size"], strides=d.attrs["strides"],
-                                padding=d.attrs["padding"], input_zero_point=x.params.zero_point,
-                                multiplier=int(fp.multiplier[0]), offset=offset, shift=int(fp.shift[0]), **common)
+            layout = "NHWC" if self.has_channels_last(x.source) else "NCHW"
+            y = self._kernel(kernels.qavg_pool2d, "avg_pool2d", self._int_tensor(x.source, layout),
+                             pool_size=d.attrs["pool_size"], strides=d.attrs["strides"], padding=d.attrs["padding"],
+                             input_zero_point=x.params.zero_point, multiplier=int(fp.multiplier[0]), offset=offset,
+                             shift=int(fp.shift[0]), data_layout=layout, layout=layout.lower(), **common)
+            return ChannelsLast(y) if layout == "NHWC" else y
         raise TypeError(d.kind)
 
 
