@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tvm
 from tvm.s_tir import dlight
-from tvm.target import Target
+from tvm.target import Target, codegen
 
 from .cpu_fallback import CPUFallback
 from .x86_generic import X86IntegerKernels
@@ -34,9 +34,16 @@ def rules_for(target: Target) -> list[dlight.ScheduleRule]:
 
 
 def dense_weight_layout(target: Target) -> str:
-    """How the lowering should store dense and conv2d weights for ``target``: "packed16x4" (the
-    VNNI micro-kernels' [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]) or "plain" ([K, N], OIHW)."""
-    return "packed16x4" if is_x86(target) and has_vnni(target) else "plain"
+    """How the lowering should store weights for ``target``: "packed16x4" (the VNNI micro-kernels'
+    [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]), "pairs16x4" (the same dense packing for the
+    vpmaddwd micro-kernel of AVX-512BW CPUs without VNNI; their convs stay plain) or "plain"."""
+    if not is_x86(target):
+        return "plain"
+    if has_vnni(target):
+        return "packed16x4"
+    if codegen.llvm_cpu_has_features(["avx512bw"], target):
+        return "pairs16x4"
+    return "plain"
 
 
 def apply_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

@@ -52,3 +52,48 @@ def register() -> None:
 
 
 register()
+
+
+PMADDWD_16x2x2 = "qcompiler_pmaddwd_u8s8s32_16x2x2"
+
+
+def _pairs_intrinsic():
+    """vpmaddwd (AVX-512BW) 16x4 block without VNNI: C[16, 2] += pairs of u8 x s8 products.
+
+    vpmaddwd multiplies int16 lanes and adds adjacent pairs into int32, so one instruction covers 8
+    output lanes x 4 reduction steps as (k0, k1) and (k2, k3) partial sums: C[n, p] accumulates the
+    pair p = 0 or 1 and the two are added once, in the epilogue. int16 products of u8 x s8 cannot
+    overflow and their pair sums fit int32, unlike pmaddubsw's saturating int16 sums.
+    """
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16, 2), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:2])
+            for n in T.serial(0, 16):
+                for p in T.serial(0, 2):
+                    for q in T.serial(0, 2):
+                        with T.sblock("update"):
+                            vn, vp, vq = T.axis.remap("SSR", [n, p, q])
+                            C[vn, vp] = C[vn, vp] + T.cast(A[vp * 2 + vq], "int32") * T.cast(B[vn, vp * 2 + vq], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16, 2), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:2])
+            C[0, T.ramp(T.int32(0), 1, 16)] = C.vload([0, 0], dtype="int32x16") + T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.pmaddw.d.512", T.Cast("int16x32", B.vload([0, 0], dtype="int8x32")),
+                T.Cast("int16x32", T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                                                 dtype="uint8x32")))
+            C[8, T.ramp(T.int32(0), 1, 16)] = C.vload([8, 0], dtype="int32x16") + T.call_llvm_pure_intrin(
+                "int32x16", "llvm.x86.avx512.pmaddw.d.512", T.Cast("int16x32", B.vload([8, 0], dtype="int8x32")),
+                T.Cast("int16x32", T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                                                 dtype="uint8x32")))
+
+    return desc, impl
+
+
+s_tir.TensorIntrin.register(PMADDWD_16x2x2, *_pairs_intrinsic(), override=True)

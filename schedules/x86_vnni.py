@@ -57,10 +57,10 @@ def _knob(sch: s_tir.Schedule, candidates: list[int], default: int, tunable: boo
     return default
 
 
-def dense_tile_candidates(m_dim: int, n_blocks: int) -> list[tuple[int, int]]:
-    """(MR, NR) pairs that tile exactly and fit the stack limit, best first by loads per vpdpbusd."""
+def dense_tile_candidates(m_dim: int, n_blocks: int, max_tile_bytes: int = MAX_TILE_BYTES) -> list[tuple[int, int]]:
+    """(MR, NR) pairs that tile exactly and fit ``max_tile_bytes``, best first by loads per vpdpbusd."""
     pairs = [(mr, nr) for mr in range(1, 9) for nr in range(1, 5)
-             if m_dim % mr == 0 and n_blocks % nr == 0 and mr * nr * 64 < MAX_TILE_BYTES]
+             if m_dim % mr == 0 and n_blocks % nr == 0 and mr * nr * 64 < max_tile_bytes]
     # vpdpbusd latency 4 x 2/cycle: prefer >= 8 independent accumulators, then fewest loads per dot
     return sorted(pairs, key=lambda p: (p[0] * p[1] < 8, (p[0] + p[1]) / (p[0] * p[1]), -p[0] * p[1]))
 
@@ -220,7 +220,40 @@ def schedule_depthwise_nhwc(sch: s_tir.Schedule, target, tunable: bool = False) 
         parallel_vectorize_spatial(sch, pad)
 
 
-TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed,
+def schedule_dense_pairs(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
+    """The packed dense micro-kernel with vpmaddwd (no VNNI): two int32 partial sums per output lane
+    (two zmm per 16 outputs), the pair added once by the inlined "pair_sum" in the epilogue."""
+    acc, out, pair_sum = sch.get_sblock("acc"), sch.get_sblock("requant"), sch.get_sblock("pair_sum")
+    i, j, p, kq, q = sch.get_loops(acc)
+    m_dim, n_pad = loop_extent(sch, i), loop_extent(sch, j)
+    # a 16-lane block holds 2 x 16 int32 partial sums: half as many blocks fit the stack limit
+    mr, nr, _ = _tile_knobs(sch, dense_tile_candidates(m_dim, n_pad // 16, MAX_TILE_BYTES // 2), tunable)
+    io, ii = sch.split(i, [None, mr])
+    jo, jb, ji = sch.split(j, [None, nr, 16])
+    sch.reorder(jo, io, kq, ii, jb, ji, p, q)
+    tile = sch.fuse(jo, io)
+    sch.parallel(tile)
+    if find_block(sch, "rowsum") is None:
+        sch.reverse_compute_at(pair_sum, tile)
+        pair_loops = sch.get_loops(pair_sum)[1:]
+        sch.reorder(*pair_loops[:-2], pair_loops[-1], pair_loops[-2])  # pair index outside the 16 lanes
+    else:
+        parallel_vectorize_spatial(sch, pair_sum)
+    fuse_epilogue(sch, out, tile, "rowsum")
+    init = sch.decompose_reduction(acc, kq)
+    sch.unroll(ii)
+    sch.unroll(jb)
+    sch.tensorize(ji, intrin_x86.PMADDWD_16x2x2)
+    init_loops = sch.get_loops(init)
+    sch.vectorize(sch.fuse(init_loops[-2], init_loops[-1]))
+    sch.unroll(init_loops[-3])
+    sch.unroll(init_loops[-4])
+    pad = find_block(sch, "pad")
+    if pad is not None:
+        parallel_vectorize_spatial(sch, pad)
+
+
+TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("dense", "pairs16x4"): schedule_dense_pairs, ("conv2d", "packed16x4"): schedule_conv2d_packed,
              ("batch_matmul", "packed16x4"): schedule_batch_matmul_packed,
              ("conv2d", "depthwise_nhwc"): schedule_depthwise_nhwc}
 
@@ -231,8 +264,9 @@ class X86VNNIKernels(dlight.ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target, tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
             return None
-        template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), str(func.attrs.get(LAYOUT_ATTR, "plain"))))
-        if template is None or not has_vnni(target):
+        layout = str(func.attrs.get(LAYOUT_ATTR, "plain"))
+        template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), layout))
+        if template is None or (layout != "pairs16x4" and not has_vnni(target)):
             return None
         sch = s_tir.Schedule(func)
         template(sch, target, tunable)

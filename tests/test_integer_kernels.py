@@ -36,8 +36,9 @@ def q(bb, y, scale, zp, dtype):
     return bb.emit(relax.op.quantize(y, relax.const(np.float32(scale)), _c(zp, dtype), axis=-1, out_dtype=dtype))
 
 
-def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str):
-    """Build main(inputs...) = body(bb, vars), compile with qcompiler, return a runner."""
+def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, target=None):
+    """Build main(inputs...) = body(bb, vars), compile with qcompiler (for ``target``, default the
+    host), run on ``inputs`` and return the result."""
     bb = relax.BlockBuilder()
     params = [relax.Var(n, relax.TensorType(v.shape, str(v.dtype))) for n, v in inputs.items()]
     with bb.function("main", params):
@@ -47,7 +48,7 @@ def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str):
     out_ty = out.ty
     sig = ModelSignature(tuple(TensorSpec(n, v.shape, str(v.dtype)) for n, v in inputs.items()),
                          (TensorSpec("y", tuple(int(d) for d in out_ty.shape.values), str(out_ty.dtype)),))
-    model = build(bb.get(), sig)
+    model = build(bb.get(), sig, target)
     ops = model.metadata["ops"]
     assert ops["fp32"] == {}, f"fell back to float: {ops}"
     assert ops["int8"].get(expect_kernel, 0) >= 1, ops
@@ -67,13 +68,18 @@ def assert_exact(ours, expected):
 
 
 # ------------------------------------------------------------------------------------------- dense
-@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 33, 100), (16, 128, 96), (4, 30, 17), (1, 768, 64)])
-@pytest.mark.parametrize("x_dtype,w_dtype,per_channel,out_dtype,act", [
+DENSE_VARIANTS = [
     ("uint8", "int8", True, "uint8", None),
     ("int8", "int8", False, "int8", "relu"),
     ("uint8", "uint8", True, "int8", "clip"),  # uint8 weights: nonzero weight zero points
-])
-def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act):
+]
+#: AVX-512BW without VNNI (vpmaddwd micro-kernel); this machine runs it, so it is checked here too.
+SKYLAKE_X = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 33, 100), (16, 128, 96), (4, 30, 17), (1, 768, 64)])
+@pytest.mark.parametrize("x_dtype,w_dtype,per_channel,out_dtype,act", DENSE_VARIANTS)
+def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act, target=None):
     x = rand_q((m, k), x_dtype)
     w = rand_q((k, n), w_dtype)
     zx = int(RNG.integers(-20, 20)) + (128 if x_dtype == "uint8" else 0)
@@ -97,7 +103,7 @@ def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act):
             y = bb.emit(relax.op.clip(y, clip_lo, clip_hi))
         return q(bb, y, so, zo, out_dtype)
 
-    ours = compile_graph({"x": x}, body, "dense")
+    ours = compile_graph({"x": x}, body, "dense", target)
     real = np.float64(sx) * sw.astype(np.float64) / np.float64(so)
     lo = hi = None
     if act == "relu":
@@ -105,6 +111,12 @@ def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act):
     elif act == "clip":
         lo, hi = zo + int(np.round(clip_lo / so)), zo + int(np.round(clip_hi / so))
     assert_exact(ours, ref.qdense(x, zx, w, zw, bias, real, zo, out_dtype, lo, hi))
+
+
+@pytest.mark.parametrize("m,k,n", [(7, 33, 100), (16, 128, 96), (1, 768, 64)])
+@pytest.mark.parametrize("x_dtype,w_dtype,per_channel,out_dtype,act", DENSE_VARIANTS)
+def test_dense_vpmaddwd(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act):
+    test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act, target=SKYLAKE_X)
 
 
 # ------------------------------------------------------------------------------------------- conv2d

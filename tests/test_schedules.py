@@ -55,14 +55,18 @@ def test_vnni_dense_micro_kernel_uses_vpdpbusd_on_zmm():
     np.testing.assert_array_equal(model(x=x), expected)
 
 
-@pytest.mark.parametrize("cpu", ["skylake", "x86-64-v3"])
-def test_targets_without_vnni_use_the_plain_templates(cpu):
-    """skylake (AVX-512 without VNNI) and x86-64-v3 (AVX2) run here, so results are checked too."""
+@pytest.mark.parametrize("cpu,layout", [("skylake-avx512", "pairs16x4"), ("skylake", "plain"), ("x86-64-v3", "plain")])
+def test_targets_without_vnni(cpu, layout):
+    """Skylake-X (AVX-512BW, no VNNI) gets the vpmaddwd micro-kernel; AVX2-only CPUs the plain
+    templates. This machine runs both instruction sets, so results are checked too."""
     target = Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
-    assert schedules.dense_weight_layout(target) == "plain"
-    assert {"avx2", "fma"} <= host_cpu_flags()
+    assert schedules.dense_weight_layout(target) == layout
+    assert {"avx2", "fma", "avx512bw"} <= host_cpu_flags()
     model, x, expected = _build_dense(target)
-    assert "vpdpbusd" not in asm_of(model)
+    asm = asm_of(model)
+    assert "vpdpbusd" not in asm and "pmaddubsw" not in asm  # no VNNI, never the saturating int16 sums
+    if layout == "pairs16x4":
+        assert len(re.findall(r"vpmaddwd\s+[^\n]*%zmm", asm)) >= 4, "no zmm vpmaddwd micro-kernel"
     np.testing.assert_array_equal(model(x=x), expected)
 
 

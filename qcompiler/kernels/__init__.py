@@ -7,7 +7,8 @@ templates in ``schedules/`` can find them; block names ("acc", "requant", ...) a
 contract.
 """
 from .conv2d import pack_conv_weight, qconv2d, qconv2d_packed, qdepthwise_conv2d_nhwc
-from .dense import pack_dense_weight, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed
+from .dense import (pack_dense_weight, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed,
+                    qdense_packed_pairs)
 from .elementwise import qadd, qmul, requantize
 from .pool import qavg_pool2d
 
@@ -15,4 +16,4 @@ KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, ad
 LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
 
 __all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_dense_weight", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qconv2d", "qdense",
-           "qdense_packed", "qdepthwise_conv2d_nhwc", "qmul", "requantize"]
+           "qdense_packed", "qdense_packed_pairs", "qdepthwise_conv2d_nhwc", "qmul", "requantize"]

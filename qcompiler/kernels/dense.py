@@ -133,3 +133,28 @@ def qbatch_matmul_packed(a, b, *, a_zero_point: int, b_zero_point: int, multipli
     return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
         value(p, i, j), tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
         zero_point, lo, hi, out_dtype), name="requant")
+
+
+def qdense_packed_pairs(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int,
+                        lo, hi, out_dtype: str, out_scale=None, out_bias=None):
+    """``qdense_packed`` for CPUs without VNNI (vpmaddwd micro-kernel).
+
+    vpmaddwd adds adjacent int16 products, so the accumulator keeps two partial sums per output,
+    acc[i, j, p] over the reduction steps k = 4*kq + 2*p + q, added in the epilogue.
+    """
+    m_dim, k_dim = (int(v) for v in x.shape)
+    nb, kb = int(wp.shape[0]), int(wp.shape[1])
+    kp = kb * PACK_K
+    xp = te.compute((m_dim, kp), lambda i, k: tirx.if_then_else(k < k_dim, x[i, tirx.min(k, k_dim - 1)],
+                                                                 tirx.const(0, x.dtype)), name="pad") \
+        if kp != k_dim else x
+    kq = te.reduce_axis((0, kb), "kq")
+    q = te.reduce_axis((0, 2), "q")
+    acc = te.compute((m_dim, nb * PACK_N, 2), lambda i, j, p: te.sum(
+        xp[i, kq * PACK_K + p * 2 + q].astype("int32")
+        * wp[j // PACK_N, kq, j % PACK_N, p * 2 + q].astype("int32"), axis=[kq, q]), name="acc")
+    pr = te.reduce_axis((0, 2), "pr")  # a reduction, not acc[.., 0] + acc[.., 1]: region analysis needs a var
+    pairs = te.compute((m_dim, nb * PACK_N), lambda i, j: te.sum(acc[i, j, pr], axis=pr), name="pair_sum")
+    value = _weight_zero_point_terms(pairs, x, k_dim, weight_zero_point)
+    return epilogue((m_dim, n_out), value, lambda i, j: j, multiplier, offset, shift, zero_point=zero_point, lo=lo,
+                    hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)

@@ -264,7 +264,8 @@ class _Lowerer(relax.PyExprMutator):
             # the conv ones work channels-last, NHWC in and out
             vnni = self.dense_layout == "packed16x4" and not (d.kind == "conv2d" and np.any(wzp != 0))
             depthwise = d.kind == "conv2d" and wq.shape[1] == 1 and d.attrs["groups"] == wq.shape[0] > 1
-            packed = vnni and (d.kind == "dense" or d.attrs["groups"] == 1)
+            packed = (vnni and (d.kind == "dense" or d.attrs["groups"] == 1)) or (
+                d.kind == "dense" and self.dense_layout == "pairs16x4")
             channels_last = vnni and d.kind == "conv2d" and (packed or depthwise)
             xi, za = self._int_tensor(x.source, "NHWC" if channels_last else "NCHW"), x.params.zero_point
             if packed:
@@ -284,7 +285,8 @@ class _Lowerer(relax.PyExprMutator):
             if d.kind == "dense":
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
                 if packed:
-                    y = self._kernel(kernels.qdense_packed, "dense", x2,
+                    fn = kernels.qdense_packed_pairs if self.dense_layout == "pairs16x4" else kernels.qdense_packed
+                    y = self._kernel(fn, "dense", x2,
                                      _int_const(kernels.pack_dense_weight(wq), "int8"), *params, **extra_args,
                                      layout=self.dense_layout, n_out=wq.shape[1], **common)
                 else:
