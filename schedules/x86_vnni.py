@@ -96,7 +96,13 @@ def _finish_micro_kernel(sch: s_tir.Schedule, init, rows, blocks, lanes16, targe
     sch.unroll(init_loops[-3])
 
 
-def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
+#: Structural alternatives of the dense template: each is its own design space when tuning (a
+#: categorical sample cannot change loop structure through trace replay). "columns": N blocks
+#: outer, a weight panel reused by consecutive row tiles; "rows": row tiles outer, A rows reused.
+DENSE_LOOP_ORDERS = ("columns", "rows")
+
+
+def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False, order: str = "columns") -> None:
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     i, j, k = sch.get_loops(acc)
     m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
@@ -108,8 +114,9 @@ def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False) ->
     ko, ki = sch.split(k, [None, 4])
     if isinstance(kb_steps, int) and kb_steps == k_pad // 4:
         # the whole K in one panel: one tile = one finished output tile, epilogue right behind it
-        sch.reorder(jo, io, ko, ii, jb, ji, ki)
-        tile = sch.fuse(jo, io)
+        outer = (jo, io) if order == "columns" else (io, jo)
+        sch.reorder(*outer, ko, ii, jb, ji, ki)
+        tile = sch.fuse(*outer)
         reduce_from = ko
     else:
         # K blocked: the K-block's weight panel is reused by every row tile of the column block;
@@ -268,6 +275,13 @@ class X86VNNIKernels(dlight.ScheduleRule):
         template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), layout))
         if template is None or (layout != "pairs16x4" and not has_vnni(target)):
             return None
+        if tunable and template is schedule_dense_packed:
+            spaces = []
+            for order in DENSE_LOOP_ORDERS:
+                sch = s_tir.Schedule(func)
+                template(sch, target, tunable, order=order)
+                spaces.append(sch)
+            return spaces
         sch = s_tir.Schedule(func)
         template(sch, target, tunable)
         return sch

@@ -88,14 +88,17 @@ def test_tunable_dense_template_samples_its_knobs_and_every_sample_is_valid():
     args = [xs, pack_dense_weight(w), np.full(n, 1 << 30, np.int32), np.full(n, 1 << 40, np.int64),
             np.full(n, 45, np.int64), np.zeros((m, n), np.uint8)]
     expected = np.clip(((xs.astype(np.int64) @ w) * (1 << 30) + (1 << 40)) >> 45, 0, 255).astype(np.uint8)
-    decisions = set()
-    for seed in range(1, 9):
-        sch = rule.apply(func, target, tunable=True)
+    spaces = rule.apply(func, target, tunable=True)
+    assert len(spaces) == len(schedules.x86_vnni.DENSE_LOOP_ORDERS)  # one design space per loop order
+    for sch in spaces:
         samples = [inst for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
         assert len(samples) >= 2, "MR/NR (and K block) must be sampling instructions"
+    decisions = set()
+    for seed in range(1, 9):
         # resample: a fresh schedule with random decisions from the same template must build and be exact
         sch = s_tir.Schedule(func, seed=seed)
-        schedules.x86_vnni.schedule_dense_packed(sch, target, tunable=True)
+        order = schedules.x86_vnni.DENSE_LOOP_ORDERS[seed % 2]
+        schedules.x86_vnni.schedule_dense_packed(sch, target, tunable=True, order=order)
         decisions.add(tuple(int(v) for _, v in sorted(sch.trace.decisions.items(), key=lambda kv: str(kv[0]))))
         lib = tvm.compile(sch.mod, target=target)
         tensors = [tvm.runtime.tensor(a) for a in args]
