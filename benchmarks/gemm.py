@@ -219,18 +219,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
     t_start = time.time()
-    workdir, _tmp = harness.fresh_workdir(args.workdir)
-    runner = harness.Runner(str(Path(__file__).resolve()), workdir, args.threads, args.repeat, args.min_time,
-                            retries=args.retries, quiet_wait=args.quiet_wait)
-    print(f"# int8 GEMM, {harness.cpu_model()}, {args.threads} threads per implementation, "
-          f"{args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
-    print("measuring the vpdpbusd zmm peak ...")
-    peaks = harness.load_peak(args.threads, args.repeat)
-    import peak as peak_mod
-    peak = peak_mod.peak_gops(peaks, args.threads)
-    if peaks:
-        peak_mod.print_peaks(peaks)
-    suite = harness.Suite("gemm", peak, ORT_IMPLS)
+    runner, suite, peaks, _keepalive = harness.start_suite("gemm", "int8 GEMM", args, __file__, ORT_IMPLS)
+    peak = suite.peak
     for M, K, N in parse_shapes(args.shapes):
         run_shape(M, K, N, args, runner, suite, impls)
     total = time.time() - t_start

@@ -648,3 +648,24 @@ def add_common_args(ap) -> None:
     ap.add_argument("--json", default=None, help="output JSON path (default benchmarks/results/<kind>-<host>.json)")
     ap.add_argument("--workdir", default=None, help="keep models/inputs/outputs here (default: a temp dir)")
     ap.add_argument("--only", default=None, help="comma-separated implementations to run (default: all)")
+
+
+def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
+    """Common start of a benchmark script: work dir, worker runner, measured peak, empty suite.
+
+    Returns (runner, suite, peaks, keepalive): ``suite.peak`` is the 2-thread peak in GOP/s, ``peaks``
+    the raw probe results; keep ``keepalive`` referenced while measuring (it owns the temporary work dir).
+    """
+    workdir, keepalive = fresh_workdir(args.workdir)
+    runner = Runner(str(Path(script).resolve()), workdir, args.threads, args.repeat, args.min_time,
+                    retries=args.retries, quiet_wait=args.quiet_wait)
+    print(f"# {title}, {cpu_model()}, {args.threads} threads per implementation, "
+          f"{args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
+    print("measuring the vpdpbusd zmm peak ...")
+    peaks = load_peak(args.threads, args.repeat)
+    import peak as peak_mod
+    peak = peak_mod.peak_gops(peaks, args.threads)
+    if peaks:
+        peak_mod.print_peaks(peaks)
+    return runner, Suite(kind, peak, ort_impls), peaks, keepalive
+

@@ -13,10 +13,15 @@ from .common import requantize_value
 def qavg_pool2d(x, *, pool_size, strides, padding, input_zero_point: int, multiplier: int, offset: int, shift: int,
                 zero_point: int, lo: int, hi: int, out_dtype: str, data_layout: str = "NCHW"):
     """NCHW, or NHWC (``data_layout``), in and out."""
-    if data_layout == "NHWC":
-        return _qavg_pool2d_nhwc(x, pool_size, strides, padding, input_zero_point, multiplier, offset, shift,
-                                 zero_point, lo, hi, out_dtype)
-    n_dim, c_dim, h_dim, w_dim = (int(v) for v in x.shape)
+    channels_last = data_layout == "NHWC"
+
+    def nchw(idx):  # tensor index -> (n, c, h, w)
+        return (idx[0], idx[3], idx[1], idx[2]) if channels_last else tuple(idx)
+
+    def index(n, c, h, w):  # (n, c, h, w) -> tensor index
+        return (n, h, w, c) if channels_last else (n, c, h, w)
+
+    n_dim, c_dim, h_dim, w_dim = (int(v) for v in nchw(x.shape))
     kh, kw = pool_size
     sh, sw = strides
     pt, pl, pb, pr = padding
@@ -27,36 +32,17 @@ def qavg_pool2d(x, *, pool_size, strides, padding, input_zero_point: int, multip
 
     def read(n, c, h, w):
         if not (pt or pl or pb or pr):
-            return x[n, c, h, w].astype("int32")
+            return x[index(n, c, h, w)].astype("int32")
         inside = tirx.all(h >= pt, h < pt + h_dim, w >= pl, w < pl + w_dim)
-        return tirx.if_then_else(inside, x[n, c, h - pt, w - pl].astype("int32"),
-                                 tirx.const(input_zero_point, "int32"))
+        clamped = x[index(n, c, tirx.max(tirx.min(h - pt, h_dim - 1), 0), tirx.max(tirx.min(w - pl, w_dim - 1), 0))]
+        return tirx.if_then_else(inside, clamped.astype("int32"), tirx.const(input_zero_point, "int32"))
 
-    acc = te.compute((n_dim, c_dim, oh, ow), lambda n, c, h, w: te.sum(
-        read(n, c, h * sh + r, w * sw + s) - tirx.const(input_zero_point, "int32"), axis=[r, s]), name="acc")
-    return te.compute((n_dim, c_dim, oh, ow), lambda n, c, h, w: requantize_value(
-        acc[n, c, h, w], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
-        zero_point, lo, hi, out_dtype), name="requant")
+    def window_sum(*idx):
+        n, c, h, w = nchw(idx)
+        return te.sum(read(n, c, h * sh + r, w * sw + s) - tirx.const(input_zero_point, "int32"), axis=[r, s])
 
-
-def _qavg_pool2d_nhwc(x, pool_size, strides, padding, input_zero_point, multiplier, offset, shift, zero_point, lo, hi,
-                      out_dtype):
-    n_dim, h_dim, w_dim, c_dim = (int(v) for v in x.shape)
-    kh, kw = pool_size
-    sh, sw = strides
-    pt, pl, pb, pr = padding
-    oh = (h_dim + pt + pb - kh) // sh + 1
-    ow = (w_dim + pl + pr - kw) // sw + 1
-    r = te.reduce_axis((0, kh), "r")
-    s = te.reduce_axis((0, kw), "s")
-
-    def read(n, h, w, c):
-        inside = tirx.all(h >= pt, h < pt + h_dim, w >= pl, w < pl + w_dim)
-        value = x[n, tirx.max(tirx.min(h - pt, h_dim - 1), 0), tirx.max(tirx.min(w - pl, w_dim - 1), 0), c]
-        return tirx.if_then_else(inside, value.astype("int32"), tirx.const(input_zero_point, "int32"))
-
-    acc = te.compute((n_dim, oh, ow, c_dim), lambda n, h, w, c: te.sum(
-        read(n, h * sh + r, w * sw + s, c) - tirx.const(input_zero_point, "int32"), axis=[r, s]), name="acc")
-    return te.compute((n_dim, oh, ow, c_dim), lambda n, h, w, c: requantize_value(
-        acc[n, h, w, c], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
+    shape = index(n_dim, c_dim, oh, ow)
+    acc = te.compute(shape, window_sum, name="acc")
+    return te.compute(shape, lambda *i: requantize_value(
+        acc[i], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
         zero_point, lo, hi, out_dtype), name="requant")
