@@ -36,9 +36,9 @@ def q(bb, y, scale, zp, dtype):
     return bb.emit(relax.op.quantize(y, relax.const(np.float32(scale)), _c(zp, dtype), axis=-1, out_dtype=dtype))
 
 
-def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, target=None):
+def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, target=None, ops_out: dict | None = None):
     """Build main(inputs...) = body(bb, vars), compile with qcompiler (for ``target``, default the
-    host), run on ``inputs`` and return the result."""
+    host), run on ``inputs`` and return the result (the op summary goes into ``ops_out``)."""
     bb = relax.BlockBuilder()
     params = [relax.Var(n, relax.TensorType(v.shape, str(v.dtype))) for n, v in inputs.items()]
     with bb.function("main", params):
@@ -50,6 +50,8 @@ def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, targe
                          (TensorSpec("y", tuple(int(d) for d in out_ty.shape.values), str(out_ty.dtype)),))
     model = build(bb.get(), sig, target)
     ops = model.metadata["ops"]
+    if ops_out is not None:
+        ops_out.update(ops)
     assert ops["fp32"] == {}, f"fell back to float: {ops}"
     assert ops["int8"].get(expect_kernel, 0) >= 1, ops
     return model(**inputs)
@@ -320,3 +322,34 @@ def test_concat(same_params):
     ours = compile_graph({"a": a, "b": b}, body, "concat" if same_params else "requantize")
     b_expected = b if same_params else ref.requantize(b, zb, np.float64(sb) / np.float64(sa), za, "uint8")
     assert_exact(ours, np.concatenate([a, b_expected], axis=1))
+
+
+def test_channels_last_region_conv_pool_concat_add():
+    """On VNNI machines conv chains run NHWC: conv -> max-pool -> concat with a second conv -> residual
+    add -> global average pool keeps every intermediate channels-last (transposes only at the region's
+    edges), and stays bit-exact against the same graph compiled with the plain NCHW templates."""
+    x = rand_q((1, 8, 12, 12), "uint8")
+    w1, w2 = rand_q((16, 8, 3, 3), "int8"), rand_q((16, 16, 1, 1), "int8")
+    sw = np.full(16, 0.004, np.float32)
+    sx, zx, s1, z1 = f32(0.03), 128, f32(0.2), 10
+
+    def body(bb, xv):
+        def conv(inp, w, pad):
+            wd = dq(bb, relax.const(w), sw, np.zeros(16, np.int8), axis=0)
+            y = bb.emit(relax.op.nn.relu(bb.emit(relax.op.nn.conv2d(inp, wd, padding=pad))))
+            return dq(bb, q(bb, y, s1, z1, "uint8"), s1, z1)
+        a = conv(dq(bb, xv, sx, zx), w1, 1)
+        pooled = dq(bb, q(bb, bb.emit(relax.op.nn.max_pool2d(a, pool_size=(2, 2), strides=(2, 2))), s1, z1, "uint8"),
+                    s1, z1)
+        b = conv(pooled, w2, 0)
+        cat = bb.emit(relax.op.concat([pooled, b], axis=1))
+        added = bb.emit(relax.op.add(cat, cat))
+        summed = dq(bb, q(bb, added, s1, z1, "uint8"), s1, z1)
+        return q(bb, bb.emit(relax.op.nn.adaptive_avg_pool2d(summed, output_size=(1, 1))), s1, z1, "uint8")
+
+    ops = {}
+    ours = compile_graph({"x": x}, body, "conv2d", ops_out=ops)
+    # the graph input enters NHWC once; the global pool's NHWC result leaves once
+    assert ops["int8"].get("permute_dims") == 2 and ops["int8"]["max_pool2d"] == 1, ops
+    plain = compile_graph({"x": x}, body, "conv2d", target={"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2})
+    assert_exact(ours, plain)

@@ -129,13 +129,14 @@ class _Lowerer(relax.PyExprMutator):
         if isinstance(source, VarSource) and source.var in self.channels_last:
             return self.channels_last[source.var]
         if isinstance(source, OpSource) and self.has_channels_last(source):
-            call, attrs = source.call, source.call.attrs
-            if call.op.name == "relax.nn.max_pool2d":
+            name, attrs = source.call.op.name, source.call.attrs
+            if name == "relax.nn.max_pool2d":
                 return self.builder_.emit(relax.op.nn.max_pool2d(
                     self._int_tensor(source.input, "NHWC"), pool_size=attrs.pool_size, strides=attrs.strides,
                     padding=attrs.padding, dilation=attrs.dilation, ceil_mode=attrs.ceil_mode,
                     count_include_pad=attrs.count_include_pad, layout="NHWC", out_layout="NHWC"))
-            return self.builder_.emit(relax.op.concat(self._int_tensor(source.input, "NHWC").fields, axis=3))
+            if name == "relax.concat":
+                return self.builder_.emit(relax.op.concat(self._int_tensor(source.input, "NHWC"), axis=3))
         return self.builder_.emit(relax.op.permute_dims(self._int_tensor(source), NCHW_TO_NHWC))
 
     def has_channels_last(self, source) -> bool:
