@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import QCompilerError
+from .native_log import native_stderr_silenced
 
 SECTION = ".qcompiler.meta"
 FORMAT = "qcompiler-library-1"
@@ -35,7 +36,8 @@ def write_library(executable, path: str | os.PathLike, metadata: dict) -> Path:
     with tempfile.TemporaryDirectory(prefix="qcompiler-", dir=path.parent) as tmp:
         lib = Path(tmp) / "lib.so"
         meta = Path(tmp) / "meta.json"
-        executable.export_library(str(lib))
+        with native_stderr_silenced():
+            executable.export_library(str(lib))
         meta.write_text(json.dumps({"format": FORMAT, **metadata}, indent=1, sort_keys=True))
         subprocess.run([objcopy, "--add-section", f"{SECTION}={meta}", "--set-section-flags",
                         f"{SECTION}=noload,readonly", str(lib)], check=True, capture_output=True)

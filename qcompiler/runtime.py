@@ -5,15 +5,14 @@ features this machine lacks, then loads it with TVM's runtime and wraps its Rela
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from .artifact import read_metadata
 from .errors import QCompilerError
+from .native_log import native_stderr_silenced
 from .signature import ModelSignature
 from .target import host_cpu_flags
 
@@ -83,22 +82,6 @@ def check_cpu_features(metadata: dict, where: str) -> None:
                              "(`qcompiler compile MODEL -o OUT.so` uses the host CPU by default)")
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """TVM 0.27's VM loader logs a "Scope Loaded:" warning per constant from C++ (no log level
-    controls it): for a real model that is hundreds of lines. Route fd 2 to /dev/null around the load
-    only; load errors still arrive as Python exceptions."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def load(path: str | os.PathLike, num_threads: int | None = None) -> Model:
     """Load a library written by ``qcompiler compile`` (in this or a fresh process)."""
     path = Path(path)
@@ -109,7 +92,7 @@ def load(path: str | os.PathLike, num_threads: int | None = None) -> Model:
     import tvm
     from tvm import relax
     try:
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             lib = tvm.runtime.load_module(str(path.resolve()))
             vm = relax.VirtualMachine(lib, tvm.cpu())
     except Exception as err:
