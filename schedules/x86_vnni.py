@@ -177,7 +177,7 @@ def _vectorize_channels_epilogue(sch: s_tir.Schedule, out) -> None:
 def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
     """Per batch, the dense micro-kernel over a B packed at run time; the epilogue needs the row and
     column sums (zero points of both activations), so it runs as its own vectorized parallel stage."""
-    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    acc = sch.get_sblock("acc")
     b, i, j, k = sch.get_loops(acc)
     mr, nr, _ = _tile_knobs(sch, dense_tile_candidates(loop_extent(sch, i), loop_extent(sch, j) // 16), tunable)
     io, ii = sch.split(i, [None, mr])
