@@ -28,7 +28,7 @@ def compile(model, output: str | os.PathLike | None = None, *, target=None, inpu
     With ``output``, the deployable library is written there too (atomically).
     """
     mod, signature, source = import_model(model, input_shapes=input_shapes, example_args=example_args)
-    compiled = build(mod, signature, target, source=Path(source).name if output is not None else source)
+    compiled = build(mod, signature, target, source=Path(source).name)  # no local paths inside a shipped .so
     if output is not None:
         compiled.export(output)
     return compiled
