@@ -12,11 +12,11 @@ import tvm
 from tvm.s_tir import dlight
 from tvm.target import Target, codegen
 
+from .cpu_common import kernel_key
 from .cpu_fallback import CPUFallback
 from .x86_generic import X86IntegerKernels
 from .x86_vnni import X86VNNIKernels, has_vnni
 
-KERNEL_ATTR = "qcompiler.kernel"
 
 
 def is_x86(target: Target) -> bool:
@@ -33,7 +33,7 @@ def rules_for(target: Target) -> list[dlight.ScheduleRule]:
     raise ValueError(f"no schedule templates for target kind {target.kind.name!r}")
 
 
-def dense_weight_layout(target: Target) -> str:
+def weight_layout(target: Target) -> str:
     """How the lowering should store weights for ``target``: "packed16x4" (the VNNI micro-kernels'
     [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]), "pairs16x4" (the same dense packing for the
     vpmaddwd micro-kernel of AVX-512BW CPUs without VNNI; their convs stay plain) or "plain"."""
@@ -51,7 +51,7 @@ def apply_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     with target:
         mod = dlight.ApplyDefaultSchedule(*rules_for(target))(mod)
     for gvar, func in mod.functions.items():
-        if isinstance(func, tvm.tirx.PrimFunc) and KERNEL_ATTR in func.attrs and \
-                not func.attrs.get("tirx.is_scheduled", False):
-            raise RuntimeError(f"integer kernel {gvar.name_hint} ({func.attrs[KERNEL_ATTR]}) got no schedule")
+        key = kernel_key(func)
+        if key is not None and not func.attrs.get("tirx.is_scheduled", False):
+            raise RuntimeError(f"integer kernel {gvar.name_hint} {key} got no schedule")
     return mod

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
+from qcompiler.kernels import KERNEL_ATTR, LAYOUT_ATTR  # the contract between lowering and templates
+
 
 def loop_extent(sch: s_tir.Schedule, loop) -> int | None:
     extent = sch.get(loop).extent
@@ -107,3 +109,11 @@ def fuse_epilogue(sch: s_tir.Schedule, out, loop, zero_point_stage: str) -> None
     else:
         parallel_vectorize_spatial(sch, extra)
         parallel_vectorize_spatial(sch, out)
+
+
+def kernel_key(func) -> tuple[str, str] | None:
+    """(kernel, layout) of a PrimFunc the QDQ lowering emitted, or None for any other PrimFunc."""
+    if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
+        return None
+    return str(func.attrs[KERNEL_ATTR]), str(func.attrs.get(LAYOUT_ATTR, "plain"))
+

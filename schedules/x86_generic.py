@@ -10,11 +10,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
-from .cpu_common import find_block, fuse_epilogue, largest_divisor, loop_extent, parallel_vectorize_spatial, vector_lanes,\
+from .cpu_common import find_block, fuse_epilogue, kernel_key, largest_divisor, loop_extent, parallel_vectorize_spatial, vector_lanes,\
     vectorize_epilogue
-
-KERNEL_ATTR = "qcompiler.kernel"
-
 
 def schedule_dense(sch: s_tir.Schedule) -> None:
     """acc[M, N] += x[M, K] * w[K, N]: MR rows x NB*16 lanes register tile, K innermost outside the tile."""
@@ -123,9 +120,7 @@ class X86IntegerKernels(dlight.ScheduleRule):
     """Schedules PrimFuncs tagged ``qcompiler.kernel`` with the template of their kind."""
 
     def apply(self, func: tirx.PrimFunc, target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
-            return None
-        template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), str(func.attrs.get("qcompiler.layout", "plain"))))
+        template = TEMPLATES.get(kernel_key(func))
         if template is None:
             return None
         sch = s_tir.Schedule(func)

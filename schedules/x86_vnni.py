@@ -18,10 +18,8 @@ from tvm.s_tir import dlight
 from tvm.target import codegen
 
 from . import intrin_x86
-from .cpu_common import find_block, fuse_epilogue, loop_extent, parallel_vectorize_spatial
+from .cpu_common import find_block, fuse_epilogue, kernel_key, loop_extent, parallel_vectorize_spatial
 
-KERNEL_ATTR = "qcompiler.kernel"
-LAYOUT_ATTR = "qcompiler.layout"
 MAX_TILE_BYTES = 1024  # LowerTVMBuiltin keeps constant allocations below this on the stack
 
 
@@ -269,11 +267,9 @@ class X86VNNIKernels(dlight.ScheduleRule):
     """Schedules the packed integer kernels with vpdpbusd templates on AVX-512 VNNI targets."""
 
     def apply(self, func: tirx.PrimFunc, target, tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs is None or KERNEL_ATTR not in func.attrs:
-            return None
-        layout = str(func.attrs.get(LAYOUT_ATTR, "plain"))
-        template = TEMPLATES.get((str(func.attrs[KERNEL_ATTR]), layout))
-        if template is None or (layout != "pairs16x4" and not has_vnni(target)):
+        key = kernel_key(func)
+        template = TEMPLATES.get(key)
+        if template is None or (key[1] != "pairs16x4" and not has_vnni(target)):
             return None
         if tunable and template is schedule_dense_packed:
             spaces = []

@@ -60,7 +60,7 @@ def test_targets_without_vnni(cpu, layout):
     """Skylake-X (AVX-512BW, no VNNI) gets the vpmaddwd micro-kernel; AVX2-only CPUs the plain
     templates. This machine runs both instruction sets, so results are checked too."""
     target = Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
-    assert schedules.dense_weight_layout(target) == layout
+    assert schedules.weight_layout(target) == layout
     assert {"avx2", "fma", "avx512bw"} <= host_cpu_flags()
     model, x, expected = _build_dense(target)
     asm = asm_of(model)
@@ -112,7 +112,7 @@ def test_avx_vnni_target_compiles_to_ymm_vpdpbusd():
     two 8-lane ymm vpdpbusd per 16-lane block. This machine lacks AVX-VNNI: compiled and
     inspected, not run."""
     target = Target({"kind": "llvm", "mcpu": "alderlake", "num-cores": 2})
-    assert schedules.dense_weight_layout(target) == "packed16x4"
+    assert schedules.weight_layout(target) == "packed16x4"
     model, _, _ = _build_dense(target)
     asm = asm_of(model)
     assert re.search(r"vpdpbusd\s+[^\n]*%ymm", asm) and "%zmm" not in asm

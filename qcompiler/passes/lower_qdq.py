@@ -62,11 +62,11 @@ def _clamp_bounds(lo: float, hi: float, out: QParams) -> tuple[int, int]:
 
 @relax.expr_functor.mutator
 class _Lowerer(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, plans: dict, dense_layout: str = "plain"):
+    def __init__(self, mod: tvm.IRModule, plans: dict, weight_layout: str = "plain"):
         super().__init__(mod)
         self.plans = plans
         self.memo: dict = {}
-        self.dense_layout = dense_layout
+        self.weight_layout = weight_layout
         self.channels_last: dict = {}  # original var -> its NHWC twin (for kernels that take NHWC)
 
     # ------------------------------------------------------------------ bindings
@@ -263,10 +263,10 @@ class _Lowerer(relax.PyExprMutator):
                 reduce_axes, k_size = (1, 2, 3), int(np.prod(wq.shape[1:]))
             # VNNI micro-kernels: dense, conv2d without groups, depthwise (all without weight zero points);
             # the conv ones work channels-last, NHWC in and out
-            vnni = self.dense_layout == "packed16x4" and not (d.kind == "conv2d" and np.any(wzp != 0))
+            vnni = self.weight_layout == "packed16x4" and not (d.kind == "conv2d" and np.any(wzp != 0))
             depthwise = d.kind == "conv2d" and wq.shape[1] == 1 and d.attrs["groups"] == wq.shape[0] > 1
             packed = (vnni and (d.kind == "dense" or d.attrs["groups"] == 1)) or (
-                d.kind == "dense" and self.dense_layout == "pairs16x4")
+                d.kind == "dense" and self.weight_layout == "pairs16x4")
             channels_last = vnni and d.kind == "conv2d" and (packed or depthwise)
             xi, za = self._int_tensor(x.source, "NHWC" if channels_last else "NCHW"), x.params.zero_point
             if packed:
@@ -286,10 +286,10 @@ class _Lowerer(relax.PyExprMutator):
             if d.kind == "dense":
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
                 if packed:
-                    fn = kernels.qdense_packed_pairs if self.dense_layout == "pairs16x4" else kernels.qdense_packed
+                    fn = kernels.qdense_packed_pairs if self.weight_layout == "pairs16x4" else kernels.qdense_packed
                     y = self._kernel(fn, "dense", x2,
                                      _int_const(kernels.pack_dense_weight(wq), "int8"), *params, **extra_args,
-                                     layout=self.dense_layout, n_out=wq.shape[1], **common)
+                                     layout=self.weight_layout, n_out=wq.shape[1], **common)
                 else:
                     y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **extra_args,
                                      **common)
@@ -306,7 +306,7 @@ class _Lowerer(relax.PyExprMutator):
                 else:
                     y = self._kernel(kernels.qconv2d_packed, "conv2d", xi,
                                      _int_const(kernels.pack_conv_weight(wq), "int8"), *params, **extra_args,
-                                     layout=self.dense_layout, out_channels=wq.shape[0], out_layout=out_layout,
+                                     layout=self.weight_layout, out_channels=wq.shape[0], out_layout=out_layout,
                                      **geometry, **common)
                 return y if float_output else ChannelsLast(y)
             return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **extra_args,
@@ -324,8 +324,8 @@ class _Lowerer(relax.PyExprMutator):
             a3, b3 = self._reshape(ai, (batch, *a_shape[-2:])), self._reshape(bi, (batch, *b_shape[-2:]))
             za = a.params.zero_point
             fn, layout = kernels.qbatch_matmul, "plain"
-            if self.dense_layout == "packed16x4":
-                (a3, za), fn, layout = self._as_uint8(a3, za), kernels.qbatch_matmul_packed, self.dense_layout
+            if self.weight_layout == "packed16x4":
+                (a3, za), fn, layout = self._as_uint8(a3, za), kernels.qbatch_matmul_packed, self.weight_layout
             y = self._kernel(fn, "batch_matmul", a3, b3, a_zero_point=za, b_zero_point=b.params.zero_point,
                              multiplier=int(fp.multiplier[0]), offset=offset, shift=int(fp.shift[0]), layout=layout,
                              **common)
@@ -358,5 +358,5 @@ def lower_qdq_to_integer(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return mod
     target = tvm.target.Target.current(allow_none=True)
     import schedules
-    layout = schedules.dense_weight_layout(target) if target is not None else "plain"
+    layout = schedules.weight_layout(target) if target is not None else "plain"
     return relax.transform.DeadCodeElimination()(rewrite_relax_functions(mod, _Lowerer(mod, plans, layout)))
