@@ -42,6 +42,12 @@ DEFAULT_LAYERS = [
 ]
 IMPLS = ["qcompiler-qdq", "qcompiler-qdq-nhwc", "ort-qdq-nchw", "ort-qlinearconv-nhwc"]
 ORT_IMPLS = ["ort-qdq-nchw", "ort-qlinearconv-nhwc"]
+#: Geometric-mean ratios reported at the end: (implementation, reference or None = best ORT, label).
+GEOMEANS = [
+    ("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
+    ("qcompiler-qdq-nhwc", None, "qcompiler-qdq-nhwc / best ORT"),
+    ("ort-qlinearconv-nhwc", "ort-qdq-nchw", "ORT NHWC / ORT QDQ NCHW"),
+]
 X_SCALE = np.float32(0.02)
 Y_ZERO_POINT = 128
 
@@ -223,18 +229,7 @@ def main(argv=None) -> int:
           f"({harness.fmt_num(peak)} GOP/s); vs best ORT = median / faster correct ORT form of that layer; "
           "load = other processes' CPU use")
     suite.print()
-    geo = {}
-    for impl, ref, label in [("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
-                             ("qcompiler-qdq-nhwc", None, "qcompiler-qdq-nhwc / best ORT"),
-                             ("ort-qlinearconv-nhwc", "ort-qdq-nchw", "ORT NHWC / ORT QDQ NCHW")]:
-        g, n = suite.geomean(impl, ref)
-        geo[label] = {"geomean": g, "layers": n}
-        print(f"geomean {label}: {'-' if g is None else f'{g:.2f}x'} over {n} layer(s)")
-    print(f"total {total:.0f} s")
-    path = harness.write_json(args.json or harness.default_json_path("conv"), {
-        "meta": harness.run_metadata(args.threads, args), "peak": peaks, "peak_gops": peak,
-        "rows": suite.to_json(), "geomean": geo, "total_seconds": total})
-    print(f"wrote {path}")
+    harness.finish_suite("conv", suite, args, peaks, total, GEOMEANS, "layers")
     return 0
 
 

@@ -29,6 +29,13 @@ import numpy as np  # noqa: E402
 DEFAULT_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (128, 768, 768), (128, 768, 3072), (128, 3072, 768)]
 IMPLS = ["qcompiler-qdq", "qcompiler-bare", "ort-matmulinteger", "ort-qdq", "torch-int-mm", "torch-qlinear"]
 ORT_IMPLS = ["ort-matmulinteger", "ort-qdq"]
+#: Geometric-mean ratios reported at the end: (implementation, reference or None = best ORT, label).
+GEOMEANS = [
+    ("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
+    ("qcompiler-bare", "ort-matmulinteger", "qcompiler-bare / ort-matmulinteger"),
+    ("torch-int-mm", None, "torch-int-mm / best ORT"),
+    ("torch-qlinear", None, "torch-qlinear / best ORT"),
+]
 TORCH_ENGINES = ["x86", "onednn", "fbgemm"]
 X_SCALE = np.float32(0.02)
 Y_ZERO_POINT = 128
@@ -230,19 +237,7 @@ def main(argv=None) -> int:
           f"% peak of the {args.threads}-thread vpdpbusd peak measured now ({harness.fmt_num(peak)} GOP/s); "
           "vs best ORT = median / best correct ORT variant of that shape; load = other processes' CPU use")
     suite.print()
-    geo = {}
-    for impl, ref, label in [("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
-                             ("qcompiler-bare", "ort-matmulinteger", "qcompiler-bare / ort-matmulinteger"),
-                             ("torch-int-mm", None, "torch-int-mm / best ORT"),
-                             ("torch-qlinear", None, "torch-qlinear / best ORT")]:
-        g, n = suite.geomean(impl, ref)
-        geo[label] = {"geomean": g, "shapes": n}
-        print(f"geomean {label}: {'-' if g is None else f'{g:.2f}x'} over {n} shape(s)")
-    print(f"total {total:.0f} s")
-    path = harness.write_json(args.json or harness.default_json_path("gemm"), {
-        "meta": harness.run_metadata(args.threads, args), "peak": peaks, "peak_gops": peak,
-        "rows": suite.to_json(), "geomean": geo, "total_seconds": total})
-    print(f"wrote {path}")
+    harness.finish_suite("gemm", suite, args, peaks, total, GEOMEANS, "shapes")
     return 0
 
 

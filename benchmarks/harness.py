@@ -669,3 +669,21 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
         peak_mod.print_peaks(peaks)
     return runner, Suite(kind, peak, ort_impls), peaks, keepalive
 
+
+def finish_suite(kind: str, suite: Suite, args, peaks, total: float, ratios, unit: str) -> None:
+    """Common end of a benchmark script: geometric-mean ratios over the cases, then the JSON.
+
+    ``ratios`` lists (implementation, reference implementation or None for the best peer, label);
+    ``unit`` names the cases in the printout and JSON ("shapes", "layers").
+    """
+    geo = {}
+    for impl, ref, label in ratios:
+        g, n = suite.geomean(impl, ref)
+        geo[label] = {"geomean": g, unit: n}
+        print(f"geomean {label}: {'-' if g is None else f'{g:.2f}x'} over {n} {unit[:-1]}(s)")
+    print(f"total {total:.0f} s")
+    path = write_json(args.json or default_json_path(kind), {
+        "meta": run_metadata(args.threads, args), "peak": peaks, "peak_gops": suite.peak,
+        "rows": suite.to_json(), "geomean": geo, "total_seconds": total})
+    print(f"wrote {path}")
+
