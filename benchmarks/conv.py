@@ -45,6 +45,7 @@ ORT_IMPLS = ["ort-qdq-nchw", "ort-qlinearconv-nhwc"]
 #: Geometric-mean ratios reported at the end: (implementation, reference or None = best ORT, label).
 GEOMEANS = [
     ("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
+    ("qcompiler-qdq", "ort-qdq-nchw", "qcompiler-qdq / ORT on the same QDQ model"),
     ("qcompiler-qdq-nhwc", None, "qcompiler-qdq-nhwc / best ORT"),
     ("ort-qlinearconv-nhwc", "ort-qdq-nchw", "ORT NHWC / ORT QDQ NCHW"),
 ]
@@ -176,12 +177,12 @@ def run_layer(layer, args, runner: harness.Runner, suite: harness.Suite, impls: 
     np.savez(nchw_npz, x=case["x"])
     np.savez(nhwc_npz, x=np.ascontiguousarray(case["x"].transpose(0, 2, 3, 1)))
 
-    def measure(impl, variants, post=None):
-        entries = harness.measure_variants(runner, name, impl, variants, ops, case["ref"], 1, post=post)
-        return harness.add_best(suite, name, impl, ops, entries)
+    def to_nchw(y):
+        return y.transpose(0, 3, 1, 2)
 
     qdq_nhwc_path = wd / f"{tag}_qdq_nhwc.onnx"
     onnx.save(qdq_conv_model(case, R, stride, pad, groups, channels_last_io=True), qdq_nhwc_path)
+    jobs = []
     for impl in impls:
         if impl in ("qcompiler-qdq", "qcompiler-qdq-nhwc"):
             nhwc = impl.endswith("nhwc")
@@ -192,17 +193,17 @@ def run_layer(layer, args, runner: harness.Runner, suite: harness.Suite, impls: 
             if error:
                 suite.add(name, impl, ops, None, None, error=error)["compile"] = compiled
                 continue
-            row = measure(impl, [("", {"kind": "qcompiler", "library": str(so),
-                                       "inputs": str(nhwc_npz if nhwc else nchw_npz)})],
-                          post=(lambda y: y.transpose(0, 3, 1, 2)) if nhwc else None)
-            row["compile"] = compiled
+            jobs.append(harness.Job(impl, [("", {"kind": "qcompiler", "library": str(so),
+                                                 "inputs": str(nhwc_npz if nhwc else nchw_npz)})],
+                                    case["ref"], 1, post=to_nchw if nhwc else None, compile=compiled))
         elif impl == "ort-qdq-nchw":
-            measure(impl, [("", {"kind": "ort", "model": str(qdq_path), "inputs": str(nchw_npz),
-                                 "outputs": {"y": [[1, K, OH, OH], "uint8"]}})])
+            jobs.append(harness.Job(impl, [("", {"kind": "ort", "model": str(qdq_path), "inputs": str(nchw_npz),
+                                                 "outputs": {"y": [[1, K, OH, OH], "uint8"]}})], case["ref"], 1))
         elif impl == "ort-qlinearconv-nhwc":
-            measure(impl, [("", {"kind": "ort", "model": str(nhwc_path), "inputs": str(nhwc_npz),
-                                 "outputs": {"y": [[1, OH, OH, K], "uint8"]}})],
-                    post=lambda y: y.transpose(0, 3, 1, 2))
+            jobs.append(harness.Job(impl, [("", {"kind": "ort", "model": str(nhwc_path), "inputs": str(nhwc_npz),
+                                                 "outputs": {"y": [[1, OH, OH, K], "uint8"]}})], case["ref"], 1,
+                                    post=to_nchw))
+    harness.run_jobs(runner, suite, name, ops, jobs, args.rounds)
 
 
 def main(argv=None) -> int:

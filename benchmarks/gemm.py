@@ -181,10 +181,7 @@ def run_shape(M: int, K: int, N: int, args, runner: harness.Runner, suite: harne
     params = {"x_scale": float(X_SCALE), "x_zero_point": int(case["x_zero_point"]),
               "y_scale": float(case["y_scale"]), "y_zero_point": Y_ZERO_POINT}
 
-    def measure(impl, variants, ref, tol):
-        entries = harness.measure_variants(runner, name, impl, variants, ops, ref, tol)
-        return harness.add_best(suite, name, impl, ops, entries)
-
+    jobs = []
     for impl in impls:
         if impl in ("qcompiler-qdq", "qcompiler-bare"):
             if impl == "qcompiler-qdq":
@@ -198,20 +195,23 @@ def run_shape(M: int, K: int, N: int, args, runner: harness.Runner, suite: harne
             if error:
                 suite.add(name, impl, ops, None, None, error=error)["compile"] = compiled
                 continue
-            row = measure(impl, [("", {"kind": "qcompiler", "library": str(so), "inputs": str(x_npz)})], ref, tol)
-            row["compile"] = compiled
+            jobs.append(harness.Job(impl, [("", {"kind": "qcompiler", "library": str(so), "inputs": str(x_npz)})],
+                                    ref, tol, compile=compiled))
         elif impl == "ort-matmulinteger":
-            measure(impl, [("", {"kind": "ort", "model": str(mmi_path), "inputs": str(x_npz),
-                                 "outputs": {"y": [[M, N], "int32"]}})], case["ref_bare"], 0)
+            jobs.append(harness.Job(impl, [("", {"kind": "ort", "model": str(mmi_path), "inputs": str(x_npz),
+                                                 "outputs": {"y": [[M, N], "int32"]}})], case["ref_bare"], 0))
         elif impl == "ort-qdq":
-            measure(impl, [("", {"kind": "ort", "model": str(qdq_path), "inputs": str(x_npz),
-                                 "outputs": {"y": [[M, N], "uint8"]}})], case["ref_qdq"], 1)
+            jobs.append(harness.Job(impl, [("", {"kind": "ort", "model": str(qdq_path), "inputs": str(x_npz),
+                                                 "outputs": {"y": [[M, N], "uint8"]}})], case["ref_qdq"], 1))
         elif impl == "torch-int-mm":
-            measure(impl, [(f"b {lay}", {"kind": "torch-int-mm", "inputs": str(torch_npz), "b_layout": lay})
-                           for lay in ("row-major", "col-major")], case["ref_int_mm"], 0)
+            jobs.append(harness.Job(impl, [(f"b {lay}", {"kind": "torch-int-mm", "inputs": str(torch_npz),
+                                                         "b_layout": lay}) for lay in ("row-major", "col-major")],
+                                    case["ref_int_mm"], 0))
         elif impl == "torch-qlinear":
-            measure(impl, [(f"engine={e}", {"kind": "torch-qlinear", "inputs": str(torch_npz), "engine": e,
-                                             "params": params}) for e in TORCH_ENGINES], case["ref_qdq"], 1)
+            jobs.append(harness.Job(impl, [(f"engine={e}", {"kind": "torch-qlinear", "inputs": str(torch_npz),
+                                                            "engine": e, "params": params}) for e in TORCH_ENGINES],
+                                    case["ref_qdq"], 1))
+    harness.run_jobs(runner, suite, name, ops, jobs, args.rounds)
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -568,6 +569,54 @@ def measure_variants(runner: Runner, case: str, impl: str, variants: list[tuple[
     return entries
 
 
+@dataclasses.dataclass
+class Job:
+    """One implementation of one case: its variants (config name, worker spec), the exact reference,
+    the tolerance in requantization steps, an output adapter and, for qcompiler, its compile record."""
+    impl: str
+    variants: list
+    reference: np.ndarray
+    tolerance: int
+    post: object = None
+    compile: dict | None = None
+
+
+def merge_rounds(entries: list[dict]) -> dict:
+    """One variant's entries from several rounds as one: the measurements pooled (median over all of
+    them), the worst correctness check, the highest foreign load, every round's result kept."""
+    good = [e for e in entries if "error" not in e["result"]]
+    if not good:
+        return entries[0]
+    result = dict(good[0]["result"])
+    result["times"] = [t for e in good for t in e["result"]["times"]]
+    loads = [e["result"].get("foreign_load") for e in good if e["result"].get("foreign_load") is not None]
+    result["foreign_load"] = max(loads) if loads else None
+    result["attempts"] = [a for e in good for a in e["result"].get("attempts", [])]
+    result["rounds"] = [{k: v for k, v in e["result"].items() if k not in ("attempts",)} for e in entries]
+    checks = [e["check"] for e in good if e["check"] is not None]
+    check = next((c for c in checks if not c.get("ok")), None) or \
+        max(checks, key=lambda c: c.get("max_abs_diff", 0), default=None)
+    return {"config": good[0]["config"], "result": result, "check": check}
+
+
+def run_jobs(runner: Runner, suite: "Suite", case: str, ops: float, jobs: list[Job], rounds: int,
+             log=print) -> None:
+    """Measure every job ``rounds`` times, interleaved (all jobs, then all again): this VM has slow
+    phases lasting seconds to minutes, and interleaving spreads them over every implementation instead
+    of one. Each variant's measurements are pooled over the rounds; the fastest correct variant is the
+    implementation's row."""
+    per_job: list[list[list[dict]]] = [[] for _ in jobs]
+    for _ in range(rounds):
+        for i, job in enumerate(jobs):
+            per_job[i].append(measure_variants(runner, case, job.impl, job.variants, ops, job.reference,
+                                               job.tolerance, post=job.post, log=log))
+    for job, by_round in zip(jobs, per_job):
+        entries = [merge_rounds([entries[v] for entries in by_round]) for v in range(len(job.variants))]
+        row = add_best(suite, case, job.impl, ops, entries)
+        if job.compile is not None:
+            row["compile"] = job.compile
+
+
 def describe_info(info: dict) -> str:
     """Short config text from a worker's info: ORT's optimized graph, or qcompiler's kernel summary."""
     if info.get("ort_optimized_graph"):
@@ -639,7 +688,9 @@ def fresh_workdir(keep: str | None) -> tuple[Path, object]:
 
 def add_common_args(ap) -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for every implementation (default 2)")
-    ap.add_argument("--repeat", type=int, default=15, help="measurements per implementation (default 15)")
+    ap.add_argument("--repeat", type=int, default=10, help="measurements per implementation and round (default 10)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds over all implementations of a case, interleaved; measurements pooled (default 3)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per measurement (default 0.05)")
     ap.add_argument("--retries", type=int, default=2,
                     help=f"re-runs of a measurement disturbed by > {LOAD_LIMIT * 100:.0f}%% foreign CPU load (default 2)")
@@ -659,8 +710,8 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
     workdir, keepalive = fresh_workdir(args.workdir)
     runner = Runner(str(Path(script).resolve()), workdir, args.threads, args.repeat, args.min_time,
                     retries=args.retries, quiet_wait=args.quiet_wait)
-    print(f"# {title}, {cpu_model()}, {args.threads} threads per implementation, "
-          f"{args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
+    print(f"# {title}, {cpu_model()}, {args.threads} threads per implementation, {args.rounds} interleaved "
+          f"round(s) of {args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
     print("measuring the vpdpbusd zmm peak ...")
     peaks = load_peak(args.threads, args.repeat)
     import peak as peak_mod

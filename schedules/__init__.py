@@ -14,6 +14,7 @@ from tvm.target import Target, codegen
 
 from .cpu_common import kernel_key
 from .cpu_fallback import CPUFallback
+from .cpu_transpose import CPUTranspose
 from .x86_generic import X86IntegerKernels
 from .x86_vnni import X86VNNIKernels, has_vnni
 
@@ -27,9 +28,9 @@ def is_x86(target: Target) -> bool:
 def rules_for(target: Target) -> list[dlight.ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if is_x86(target):
-        return [X86VNNIKernels(), X86IntegerKernels(), CPUFallback()]
+        return [X86VNNIKernels(), X86IntegerKernels(), CPUTranspose(), CPUFallback()]
     if target.kind.name == "llvm":
-        return [CPUFallback()]
+        return [CPUTranspose(), CPUFallback()]
     raise ValueError(f"no schedule templates for target kind {target.kind.name!r}")
 
 

@@ -116,3 +116,49 @@ def test_avx_vnni_target_compiles_to_ymm_vpdpbusd():
     model, _, _ = _build_dense(target)
     asm = asm_of(model)
     assert re.search(r"vpdpbusd\s+[^\n]*%ymm", asm) and "%zmm" not in asm
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 768, 768), (7, 100, 33), (128, 3072, 768), (512, 3072, 64)])
+def test_dense_odd_and_k_blocked_shapes_bit_exact(m, k, n):
+    """The issue's odd shapes and the two K-blocked paths (K's weight panel too large for L1): with
+    all rows in one block (128x3072x768) and with two row blocks (512x3072x64)."""
+    blocks = schedules.x86_vnni.k_block_candidates
+    candidates = schedules.x86_vnni.prefer_whole_k(schedules.x86_vnni.dense_tile_candidates(m, -(-n // 16)), -(-k // 4))
+    mr, nr = candidates[0]
+    k_blocked = blocks(-(-k // 4), nr)[0] != -(-k // 4)
+    assert k_blocked == (k == 3072)
+    if k_blocked:
+        rows = schedules.x86_vnni.row_block_candidates(m, [mr], nr)[0]
+        assert (m // rows) == (2 if m == 512 else 1)
+    model, x, expected = _build_dense(None, m, k, n)
+    np.testing.assert_array_equal(model(x=x), expected)
+
+
+@pytest.mark.parametrize("shape,axes,blocked", [
+    ((1, 64, 56, 56), (0, 2, 3, 1), True), ((1, 14, 14, 256), (0, 3, 1, 2), True),
+    ((2, 16, 12, 8), (0, 1, 3, 2), True), ((33, 70), (1, 0), True), ((2, 16, 12, 8), (0, 2, 1, 3), False)])
+def test_transposes_are_cache_blocked_and_exact(shape, axes, blocked):
+    """uint8 permutations (NCHW <-> NHWC at region edges, a key transpose, a 2-D transpose with tails):
+    the CPUTranspose rule takes the PrimFunc (a parallel loop over tiles) unless the innermost axis
+    stays innermost (a head split: the generic vectorized copy is contiguous already); output exact."""
+    x = np.random.default_rng(3).integers(0, 256, shape).astype(np.uint8)
+    xv = relax.Var("x", relax.TensorType(shape, "uint8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.permute_dims(xv, axes))
+        bb.emit_func_output(out)
+    target = Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": 2})
+    with target:
+        mod = relax.transform.LegalizeOps()(bb.get())
+    funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = schedules.CPUTranspose().apply(funcs[0], target, False)
+    if blocked:
+        assert sch is not None and "T.parallel" in sch.mod.script()
+    else:
+        assert sch is None
+    from qcompiler.signature import ModelSignature, TensorSpec
+    sig = ModelSignature((TensorSpec("x", shape, "uint8"),),
+                         (TensorSpec("y", tuple(shape[a] for a in axes), "uint8"),))
+    model = build(bb.get(), sig, target)
+    np.testing.assert_array_equal(model(x=x), x.transpose(axes))

@@ -1,0 +1,105 @@
+"""Cache-blocked transposes (NCHW <-> NHWC at the edges of channels-last integer regions, attention
+head splits) on CPU.
+
+The generic schedule vectorizes the output's innermost loop, which reads the input with a stride of a
+whole row: an NHWC -> NCHW uint8 transpose of 56x56x256 ran at 2.7 GB/s (294 us, slower than the 1x1
+conv before it). Here the two axes that are contiguous on either side are tiled together, so a tile
+(TILE_READ x TILE_WRITE elements, a few KiB) is read and written while it sits in L1; the other loops
+and the tile rows run in parallel, the write axis is vectorized.
+"""
+from __future__ import annotations
+
+from tvm import ir, s_tir, tirx
+from tvm.s_tir import dlight
+
+from .cpu_common import loop_extent
+
+TILE_WRITE = 64   # output-contiguous elements per tile (one 64-byte line of uint8)
+TILE_READ = 32    # input-contiguous elements per tile
+PARALLEL_CHUNKS = 64
+
+
+def permutation(sch: s_tir.Schedule, block) -> list[int] | None:
+    """For a pure permutation copy ``out[v0..vn] = in[v_p0..v_pn]``: p, the block-var position read
+    by each input axis (the block's loops are in output order). None for any other block."""
+    stmt = sch.get(block)
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, ir.TensorLoad):
+        return None
+    if stmt.init is not None or len(sch.get_loops(block)) != len(stmt.iter_vars):
+        return None
+    block_vars = [iv.var for iv in stmt.iter_vars]
+
+    def position(index):
+        return next((pos for pos, var in enumerate(block_vars) if index.same_as(var)), None)
+    out_pos = [position(i) for i in body.indices]
+    in_pos = [position(i) for i in body.value.indices]
+    if out_pos != list(range(len(block_vars))) or sorted(p for p in in_pos if p is not None) != out_pos:
+        return None
+    return in_pos
+
+
+def contiguous_runs(in_pos: list[int]) -> list[list[int]]:
+    """Output axes grouped into runs that are adjacent, in the same order, on both sides (NHWC ->
+    NCHW: [n], [c], [h, w]); each run can be one loop, the usual dimension collapsing of transposes."""
+    runs = [[0]]
+    for axis in range(1, len(in_pos)):
+        prev = runs[-1][-1]
+        if in_pos.index(axis) == in_pos.index(prev) + 1:
+            runs[-1].append(axis)
+        else:
+            runs.append([axis])
+    return runs
+
+
+def tile_size(extent: int, preferred: int) -> int:
+    """``preferred`` if it divides ``extent``; else the largest divisor below it that is a multiple of
+    16 (whole vectors), else the whole extent when it is short, else ``preferred`` (with a tail)."""
+    if extent <= preferred or extent % preferred == 0:
+        return min(extent, preferred)
+    for tile in range(preferred - 16, 15, -16):
+        if extent % tile == 0:
+            return tile
+    return preferred
+
+
+class CPUTranspose(dlight.ScheduleRule):
+    """Tiles a single-block permutation copy so both its read and its write stay cache friendly."""
+
+    def apply(self, func: tirx.PrimFunc, target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if len(blocks) != 1:
+            return None
+        block = blocks[0]
+        in_pos = permutation(sch, block)
+        if in_pos is None:
+            return None
+        runs = contiguous_runs(in_pos)
+        read_run = next(i for i, run in enumerate(runs) if in_pos[-1] in run)
+        if read_run == len(runs) - 1:
+            return None  # innermost axes agree: the generic vectorized copy is already contiguous
+        loops = sch.get_loops(block)
+        loops = [sch.fuse(*[loops[a] for a in run]) if len(run) > 1 else loops[run[0]] for run in runs]
+        read_axis, write_axis = loops[read_run], loops[-1]
+        read_extent, write_extent = loop_extent(sch, read_axis), loop_extent(sch, write_axis)
+        if read_extent is None or write_extent is None:
+            return None
+        write_tile = tile_size(write_extent, TILE_WRITE)
+        r_out, r_in = sch.split(read_axis, [None, tile_size(read_extent, TILE_READ)])
+        w_out, w_in = sch.split(write_axis, [None, write_tile])
+        others = [loop for pos, loop in enumerate(loops[:-1]) if pos != read_run]
+        sch.reorder(*others, r_out, w_out, r_in, w_in)
+        outer, chunks = [], 1
+        for loop in [*others, r_out, w_out]:
+            outer.append(loop)
+            chunks *= loop_extent(sch, loop) or PARALLEL_CHUNKS
+            if chunks >= PARALLEL_CHUNKS:
+                break
+        if chunks >= 2:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        if write_extent % write_tile == 0 and write_tile % 16 == 0:
+            sch.vectorize(w_in)
+        return sch
