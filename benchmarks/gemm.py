@@ -32,6 +32,7 @@ ORT_IMPLS = ["ort-matmulinteger", "ort-qdq"]
 #: Geometric-mean ratios reported at the end: (implementation, reference or None = best ORT, label).
 GEOMEANS = [
     ("qcompiler-qdq", None, "qcompiler-qdq / best ORT"),
+    ("qcompiler-qdq", "ort-qdq", "qcompiler-qdq / ORT on the same QDQ model"),
     ("qcompiler-bare", "ort-matmulinteger", "qcompiler-bare / ort-matmulinteger"),
     ("torch-int-mm", None, "torch-int-mm / best ORT"),
     ("torch-qlinear", None, "torch-qlinear / best ORT"),

@@ -4,11 +4,12 @@ Public API (imports are lazy: ``import qcompiler`` stays cheap, TVM loads on fir
     qcompiler.compile(model, output=None, target=None, input_shapes=None, example_args=None)
     qcompiler.load(path) -> callable model (numpy in, numpy out)
     qcompiler.from_onnx(path, input_shapes=None) / qcompiler.from_torch(module, example_args)
+    qcompiler.roofline(lib_or_model, target=None, threads=None) -> RooflineReport
     qcompiler.QCompilerError
 """
 from .errors import QCompilerError
 
-__all__ = ["QCompilerError", "compile", "from_onnx", "from_torch", "load"]
+__all__ = ["QCompilerError", "compile", "from_onnx", "from_torch", "load", "roofline"]
 
 
 def __getattr__(name: str):
@@ -21,6 +22,9 @@ def __getattr__(name: str):
     if name == "from_onnx":
         from .frontend.onnx_frontend import from_onnx
         return from_onnx
+    if name == "roofline":  # the package is callable: qcompiler.roofline(lib_or_model, target=None)
+        from . import roofline
+        return roofline
     if name == "from_torch":
         from .frontend.torch_frontend import from_torch
         return from_torch

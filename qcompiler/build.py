@@ -4,7 +4,8 @@ Pipeline (each step one pass or one call):
   1. x86: store int8 activations as uint8 (passes.legalize_activations_to_uint8)
   2. QDQ patterns -> fused integer kernels (passes.lower_qdq_to_integer); op summary
   3. TVM legalization and fusion of the remaining ops (LegalizeOps, AnnotateTIROpPattern, FuseOps,
-     FuseTIR); integer kernels are marked opaque so fusion leaves them as their templates expect
+     FuseTIR); integer kernels are marked opaque so fusion leaves them as their templates expect;
+     the kernel inventory (ops from TIR, argument shapes) for the roofline goes into the metadata
   4. schedules/ templates for every PrimFunc (schedules.apply_schedules)
   5. tvm.compile: Relax VM lowering and LLVM codegen
 """
@@ -22,6 +23,7 @@ from tvm import relax
 from . import passes
 from .artifact import write_library
 from .op_summary import summarize_ops
+from .roofline.inventory import kernel_inventory
 from .runtime import Model
 from .signature import ModelSignature
 from .target import required_features, resolve_target
@@ -29,25 +31,29 @@ from .target import required_features, resolve_target
 
 def lower_to_integer(mod: tvm.IRModule, target) -> tvm.IRModule:
     """Steps 1-2: the QDQ graph with integer kernels in place of QDQ patterns."""
-    import schedules
+    import schedules  # lazily: schedules imports qcompiler.kernels
     seq = [passes.legalize_activations_to_uint8] if schedules.is_x86(target) else []
     seq += [passes.lower_qdq_to_integer, relax.transform.DeadCodeElimination()]
     with target:  # the lowering picks kernel layouts for the target
         return tvm.transform.Sequential(seq)(mod)
 
 
-def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
-    """Steps 3-4."""
-    import schedules
+def fuse_module(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Step 3: every op a PrimFunc (unscheduled), fused where TVM's fusion rules allow."""
     with target:
-        mod = tvm.transform.Sequential([
+        return tvm.transform.Sequential([
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
         ])(mod)
-    return schedules.apply_schedules(mod, target)
+
+
+def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
+    """Steps 3-4."""
+    import schedules
+    return schedules.apply_schedules(fuse_module(mod, target), target)
 
 
 def _versions() -> dict:
@@ -78,7 +84,10 @@ def build(mod: tvm.IRModule, signature: ModelSignature, target=None, *, source: 
     start = time.perf_counter()
     lowered = lower_to_integer(mod, target)
     summary = summarize_ops(lowered)
-    scheduled = schedule_module(lowered, target)
+    fused = fuse_module(lowered, target)
+    kernels = kernel_inventory(fused)
+    import schedules
+    scheduled = schedules.apply_schedules(fused, target)
     executable = tvm.compile(scheduled, target=target)
     metadata = {
         "source": source,
@@ -88,6 +97,7 @@ def build(mod: tvm.IRModule, signature: ModelSignature, target=None, *, source: 
         "required_cpu_features": required_features(target),
         "versions": _versions(),
         "ops": summary,
+        "kernels": [kernel.to_json() for kernel in kernels],
         "compile_seconds": round(time.perf_counter() - start, 3),
     }
     return CompiledModel(executable, metadata)

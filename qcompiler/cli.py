@@ -1,4 +1,4 @@
-"""The ``qcompiler`` command: compile / run / inspect / demo (flag names after TVM's old tvmc).
+"""The ``qcompiler`` command: compile / run / inspect / roofline / demo (flag names after TVM's old tvmc).
 
 Every user error is a QCompilerError: printed as one ``error: ...`` line on stderr, exit code 2.
 """
@@ -149,6 +149,27 @@ def cmd_demo(args) -> None:
     _print_time("latency per image (qcompiler, batch 1)", model.benchmark(image=images[:1], repeat=args.repeat))
 
 
+def cmd_roofline(args) -> None:
+    from .roofline.analyze import roofline
+    from .roofline.report import check_output_path, write_text_atomic
+    if args.output:
+        check_output_path(args.output, "--output")
+    if args.plot:
+        check_output_path(args.plot, "--plot", ".png")
+    report = roofline(args.model, target=args.target, threads=args.threads, remeasure=args.remeasure,
+                      repeat=args.repeat, input_shapes=parse_input_shapes(args.input_shapes),
+                      log=lambda message: print(message, file=sys.stderr))
+    text = report.render(args.format)
+    if args.output:
+        write_text_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qcompiler", description="Compile quantized (int8) models with TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library")
     p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("roofline", help="each kernel's attained GOP/s against this machine's measured ceilings")
+    p.add_argument("model", help="a compiled library (.so) or a model to compile first (ONNX)")
+    p.add_argument("--target", default=None, help=target_help + ", or a datasheet chip (neoverse-n1, ...): "
+                   "no timings then")
+    p.add_argument("--input-shapes", default=None, help="fix input shapes when compiling a model")
+    p.add_argument("--format", choices=["table", "json", "md"], default="table", help="report format (default table)")
+    p.add_argument("-o", "--output", default=None, help="write the report here instead of stdout")
+    p.add_argument("--plot", default=None, help="also write a log-log roofline PNG here")
+    p.add_argument("--threads", type=int, default=None, help="threads for kernels and ceilings (default: all cores)")
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats per kernel (default 10)")
+    p.add_argument("--remeasure", action="store_true", help="measure the ceilings again instead of the cached ones")
+    p.set_defaults(func=cmd_roofline)
 
     p = sub.add_parser("demo", help="compile and run the bundled int8 digits CNN (the quick start)")
     p.add_argument("--output-dir", default="qcompiler-demo", help="where to write the library")

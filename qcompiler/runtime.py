@@ -21,6 +21,7 @@ class Model:
     """A runnable model: ``model(x)`` or ``model(name=x)`` -> numpy array (tuple for several outputs)."""
 
     def __init__(self, vm, metadata: dict, where: str):
+        set_thread_count()  # all CPUs unless the user chose; effective until TVM's pool first runs
         self._vm = vm
         self.metadata = metadata
         self.signature = ModelSignature.from_json(metadata["signature"])
@@ -82,18 +83,39 @@ def check_cpu_features(metadata: dict, where: str) -> None:
                              "(`qcompiler compile MODEL -o OUT.so` uses the host CPU by default)")
 
 
-def load(path: str | os.PathLike, num_threads: int | None = None) -> Model:
-    """Load a library written by ``qcompiler compile`` (in this or a fresh process)."""
+def set_thread_count(num_threads: int | None = None) -> None:
+    """Size TVM's thread pool (read once, when TVM starts it): ``num_threads``, else the user's
+    TVM_NUM_THREADS, else every CPU this process may run on. TVM's own default is half the hardware
+    threads (it assumes SMT siblings), which is one thread on a 2-vCPU machine."""
+    if num_threads:
+        os.environ["TVM_NUM_THREADS"] = str(num_threads)
+    elif not os.environ.get("TVM_NUM_THREADS"):
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["TVM_NUM_THREADS"] = str(cpus or 1)
+
+
+def load_library(path: str | os.PathLike, num_threads: int | None = None):
+    """(TVM runtime module, metadata) of a library written by ``qcompiler compile``: the metadata is
+    read and the CPU checked before any of the library's code is loaded."""
     path = Path(path)
     metadata = read_metadata(path)
     check_cpu_features(metadata, str(path))
-    if num_threads:
-        os.environ["TVM_NUM_THREADS"] = str(num_threads)
+    set_thread_count(num_threads)
+    import tvm
+    try:
+        with native_stderr_silenced():
+            return tvm.runtime.load_module(str(path.resolve())), metadata
+    except Exception as err:
+        raise QCompilerError(f"{path}: TVM could not load the library: {str(err).strip().splitlines()[-1]}") from None
+
+
+def load(path: str | os.PathLike, num_threads: int | None = None) -> Model:
+    """Load a library written by ``qcompiler compile`` (in this or a fresh process)."""
+    lib, metadata = load_library(path, num_threads)
     import tvm
     from tvm import relax
     try:
         with native_stderr_silenced():
-            lib = tvm.runtime.load_module(str(path.resolve()))
             vm = relax.VirtualMachine(lib, tvm.cpu())
     except Exception as err:
         raise QCompilerError(f"{path}: TVM could not load the library: {str(err).strip().splitlines()[-1]}") from None

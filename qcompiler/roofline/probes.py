@@ -1,0 +1,137 @@
+"""ERT-style probe kernels, written in TIR and built by TVM for the machine they measure.
+
+Compute probes run ACCUMULATORS independent accumulator chains per thread (more than the latency x
+issue width of current x86 vector units, so the chains never wait on each other) of one instruction:
+``vpdpbusd`` (AVX-512 VNNI zmm, or 256-bit AVX-VNNI), ``vpmaddwd`` + ``vpaddd`` (the int8 path of CPUs
+without VNNI) or an fp32 FMA. The accumulators live in a small local buffer that LLVM promotes to
+registers once the loops over it are unrolled. Memory probes are a STREAM triad and copy over arrays
+far larger than the last-level cache, and a read of an L2-sized buffer per thread, vectorized.
+
+Each probe is a PrimFunc with a parallel loop over ``threads`` (1 = the single-thread ceiling).
+"""
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+ACCUMULATORS = 16
+
+
+def vnni_probe(threads: int, lanes: int, intrinsic: str):
+    """vpdpbusd: acc[int32 x lanes] += 4 u8 x s8 products per lane. 8 * lanes ops per instruction."""
+    width = lanes * 4
+
+    @T.prim_func
+    def probe(seed: T.Buffer((128,), "int8"), out: T.Buffer((threads, lanes), "int32"), n: T.int64):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            acc = T.alloc_buffer((ACCUMULATORS * lanes,), "int32", scope="local")
+            for i in T.unroll(ACCUMULATORS):
+                acc[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.Cast("int32", t) + i, lanes)
+            for _ in range(n):
+                for i in T.unroll(ACCUMULATORS):
+                    acc[T.ramp(i * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                        f"int32x{lanes}", intrinsic, acc[T.ramp(i * lanes, 1, lanes)],
+                        T.reinterpret(f"uint8x{width}", seed[T.ramp(0, 1, width)]), seed[T.ramp(64, 1, width)])
+            for lane in range(lanes):
+                out[t, lane] = 0
+                for i in range(ACCUMULATORS):
+                    out[t, lane] = out[t, lane] + acc[i * lanes + lane]
+    return probe
+
+
+def pmaddwd_probe(threads: int, lanes: int, intrinsic: str):
+    """vpmaddwd + vpaddd: acc[int32 x lanes] += 2 int16 products per lane. 4 * lanes ops per pair."""
+    width = lanes * 2
+
+    @T.prim_func
+    def probe(seed: T.Buffer((128,), "int16"), out: T.Buffer((threads, lanes), "int32"), n: T.int64):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            acc = T.alloc_buffer((ACCUMULATORS * lanes,), "int32", scope="local")
+            for i in T.unroll(ACCUMULATORS):
+                acc[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.Cast("int32", t) + i, lanes)
+            for _ in range(n):
+                for i in T.unroll(ACCUMULATORS):
+                    acc[T.ramp(i * lanes, 1, lanes)] = acc[T.ramp(i * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
+                        f"int32x{lanes}", intrinsic, seed[T.ramp(0, 1, width)], seed[T.ramp(64, 1, width)])
+            for lane in range(lanes):
+                out[t, lane] = 0
+                for i in range(ACCUMULATORS):
+                    out[t, lane] = out[t, lane] + acc[i * lanes + lane]
+    return probe
+
+
+def fma_probe(threads: int, lanes: int):
+    """fp32 fused multiply-add on ``lanes``-wide vectors: 2 * lanes ops per instruction."""
+    intrinsic = f"llvm.fma.v{lanes}f32"
+
+    @T.prim_func
+    def probe(seed: T.Buffer((128,), "float32"), out: T.Buffer((threads, lanes), "float32"), n: T.int64):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            acc = T.alloc_buffer((ACCUMULATORS * lanes,), "float32", scope="local")
+            for i in T.unroll(ACCUMULATORS):
+                acc[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.Cast("float32", t + i), lanes)
+            for _ in range(n):
+                for i in T.unroll(ACCUMULATORS):
+                    acc[T.ramp(i * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                        f"float32x{lanes}", intrinsic, seed[T.ramp(0, 1, lanes)], seed[T.ramp(64, 1, lanes)],
+                        acc[T.ramp(i * lanes, 1, lanes)])
+            for lane in range(lanes):
+                out[t, lane] = T.float32(0)
+                for i in range(ACCUMULATORS):
+                    out[t, lane] = out[t, lane] + acc[i * lanes + lane]
+    return probe
+
+
+def triad_probe(threads: int, n: int, lanes: int = 16):
+    """STREAM triad a = b + 3 c over float32 arrays of n elements (n divisible by threads * lanes)."""
+    chunk = n // threads
+
+    @T.prim_func
+    def probe(a: T.Buffer((n,), "float32"), b: T.Buffer((n,), "float32"), c: T.Buffer((n,), "float32")):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            for i in range(chunk // lanes):
+                for v in T.vectorized(lanes):
+                    a[t * chunk + i * lanes + v] = b[t * chunk + i * lanes + v] + T.float32(3) * c[t * chunk + i * lanes + v]
+    return probe
+
+
+def copy_probe(threads: int, n: int, lanes: int = 16):
+    """STREAM copy a = b over float32 arrays of n elements."""
+    chunk = n // threads
+
+    @T.prim_func
+    def probe(a: T.Buffer((n,), "float32"), b: T.Buffer((n,), "float32")):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            for i in range(chunk // lanes):
+                for v in T.vectorized(lanes):
+                    a[t * chunk + i * lanes + v] = b[t * chunk + i * lanes + v]
+    return probe
+
+
+def read_probe(threads: int, per_thread: int, lanes: int = 16):
+    """Each thread sums its own ``per_thread`` float32 elements ``n`` times (8 vector accumulators):
+    the buffer fits the thread's L2 but not its L1, so every pass streams from L2."""
+    step = 8 * lanes
+
+    @T.prim_func
+    def probe(buf: T.Buffer((threads * per_thread,), "float32"), out: T.Buffer((threads, lanes), "float32"),
+              n: T.int64):
+        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            acc = T.alloc_buffer((step,), "float32", scope="local")
+            for i in T.unroll(8):
+                acc[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+            for _ in range(n):
+                for j in range(per_thread // step):
+                    for i in T.unroll(8):
+                        acc[T.ramp(i * lanes, 1, lanes)] = acc[T.ramp(i * lanes, 1, lanes)] + \
+                            buf[T.ramp(t * per_thread + j * step + i * lanes, 1, lanes)]
+            for lane in range(lanes):
+                out[t, lane] = T.float32(0)
+                for i in range(8):
+                    out[t, lane] = out[t, lane] + acc[i * lanes + lane]
+    return probe
