@@ -122,7 +122,8 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    """The main job on the bundled example: compile the digits CNN, load the .so, run the test set."""
+    """The main job on the bundled example: compile the digits CNN, load the .so, run the test set,
+    report latency and the roofline of every kernel."""
     from . import examples
     from .runtime import load
     out_dir = Path(args.output_dir)
@@ -147,6 +148,14 @@ def cmd_demo(args) -> None:
     except ImportError:
         pass
     _print_time("latency per image (qcompiler, batch 1)", model.benchmark(image=images[:1], repeat=args.repeat))
+    from .roofline.analyze import roofline
+    from .roofline.report import write_text_atomic
+    print("roofline (ceilings are measured once per machine and cached, ~15 s) ...")
+    report = roofline(lib_path)
+    write_text_atomic(out_dir / "roofline.md", report.to_markdown())
+    report.plot(out_dir / "roofline.png")
+    print("\n".join(report.to_table().splitlines()[2:4]))
+    print(f"roofline report: {out_dir / 'roofline.md'}, plot: {out_dir / 'roofline.png'}")
 
 
 def cmd_roofline(args) -> None:

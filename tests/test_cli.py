@@ -119,3 +119,17 @@ def test_bad_input_shapes_flag(tmp_path):
     _assert_one_line_error(qc("compile", EXAMPLE, "-o", tmp_path / "a.so", "--input-shapes", "img:1x1x8x8",
                               check=False), "'img'", "image")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_is_the_readme_main_job(tmp_path):
+    """`qcompiler demo` (README's first command): compile, run the held-out digits, roofline report."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "qcompiler.cli", "demo", "--output-dir", str(out), "--repeat", "5"],
+                          capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(proc.stdout.split("accuracy ")[1].split("%")[0])
+    assert accuracy >= 95.0, proc.stdout
+    assert "same prediction on 100.00%" in proc.stdout and "time-weighted % of roof" in proc.stdout
+    assert (out / "digits_cnn_int8.so").exists() and (out / "roofline.png").stat().st_size > 20_000
+    assert "| qconv2d" in (out / "roofline.md").read_text()
