@@ -6,7 +6,8 @@
      triad : a[i] = b[i] + 3 c[i] over <size> doubles per array, split over the threads (STREAM:
              24 bytes counted per element)
    Prints one rate per repeat: GOP/s for vnni/fma, GB/s for triad. Threads start together after a
-   barrier; a repeat's time runs from the barrier to the last thread's end. */
+   barrier; a repeat's time runs from the first thread's start to the last thread's end, both read
+   by the workers (the main thread may be descheduled when the barrier opens). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -49,12 +50,13 @@ typedef struct {
     long size, begin, end;
     double *a, *b, *c;
     pthread_barrier_t *barrier;
-    double done;
+    double started, done;
 } job_t;
 
 static void *worker(void *arg) {
     job_t *job = arg;
     pthread_barrier_wait(job->barrier);
+    job->started = seconds();
     if (!strcmp(job->mode, "vnni")) {
         vnni_loop(job->size);
     } else if (!strcmp(job->mode, "fma")) {
@@ -88,13 +90,14 @@ int main(int argc, char **argv) {
         pthread_barrier_t barrier;
         pthread_barrier_init(&barrier, NULL, threads + 1);
         for (int t = 0; t < threads; t++) {
-            jobs[t] = (job_t){mode, size, size * t / threads, size * (t + 1) / threads, a, b, c, &barrier, 0};
+            jobs[t] = (job_t){mode, size, size * t / threads, size * (t + 1) / threads, a, b, c, &barrier, 0, 0};
             pthread_create(&tid[t], NULL, worker, &jobs[t]);
         }
         pthread_barrier_wait(&barrier);
-        double start = seconds(), end = start;
-        for (int t = 0; t < threads; t++) {
-            pthread_join(tid[t], NULL);
+        for (int t = 0; t < threads; t++) pthread_join(tid[t], NULL);
+        double start = jobs[0].started, end = jobs[0].done;
+        for (int t = 1; t < threads; t++) {
+            if (jobs[t].started < start) start = jobs[t].started;
             if (jobs[t].done > end) end = jobs[t].done;
         }
         pthread_barrier_destroy(&barrier);

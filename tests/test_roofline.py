@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import model_zoo as mz
 import qcompiler
 from qcompiler.examples import example_path
-from qcompiler.roofline.ceilings import Ceilings, measure_compute, measure_memory
+from qcompiler.roofline.ceilings import Ceilings, measure_compute
 from qcompiler.roofline.opcount import count_ops
 
 THREADS = min(2, os.cpu_count() or 1)
@@ -186,7 +186,7 @@ def test_compute_and_memory_bound_classification(tmp_path):
     (dense,) = [r for r in gemm.kernels if r.op == "dense"]
     assert dense.ops == 2 * 1024 ** 3 and dense.bound == "compute"
     assert dense.percent_of_roof > 50, dense  # the VNNI template runs near the int8 ceiling
-    dw = qcompiler.roofline(qdq_depthwise(), repeat=5)
+    dw = qcompiler.roofline(qcompiler.compile(qdq_depthwise()), repeat=5)  # a CompiledModel works too
     by_op = {r.op: r for r in dw.kernels}
     assert by_op["conv2d"].ops == 2 * 96 * 9 * 56 * 56 and by_op["conv2d"].bound == "memory", dw.kernels
     assert any(r.op.startswith("transpose") and r.bound == "memory" and r.ops == 0 for r in dw.kernels) or \
@@ -263,9 +263,34 @@ def test_op_counts_from_tir_for_conv_and_float_kernels():
     assert (count.ops, count.dot_ops, count.op_class) == (4 * 32, 0, "fp32")
 
 
-def test_datasheet_ceilings_for_a_target_this_machine_cannot_run():
-    report = qcompiler.roofline(qdq_matmul(64, 64, 64), target="neoverse-n1")
-    assert not report.timed and report.ceilings.entries[0].source.startswith("spec: Arm Neoverse N1")
+@pytest.mark.parametrize("chip,source", [("neoverse-n1", "spec: Arm Neoverse N1"),
+                                         ("nvidia/tesla-t4", "spec: NVIDIA T4")])
+def test_datasheet_ceilings_for_a_target_this_machine_cannot_run(chip, source):
+    report = qcompiler.roofline(qdq_matmul(64, 64, 64), target=chip)
+    assert not report.timed and all(c.source.startswith(source) for c in report.ceilings.entries)
     (dense,) = [r for r in report.kernels if r.op == "dense"]
     assert dense.ops == 2 * 64 ** 3 and dense.seconds is None and dense.roof_gops > 0
     assert "not timed" in report.to_table()
+    with pytest.raises(qcompiler.QCompilerError, match="spec table has"):
+        qcompiler.roofline(qdq_matmul(64, 64, 64), target={"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                                            "mcpu": "cortex-x925"})
+
+
+def test_int8_probe_follows_the_target_cpu():
+    """vpdpbusd zmm (AVX-512 VNNI), ymm (AVX-VNNI), else vpmaddwd: the Skylake-X probe runs here and
+    really issues vpmaddwd (on a VNNI target LLVM would fuse it with the add into vpdpwssd)."""
+    import re
+
+    import tvm
+    from tvm.target import Target
+
+    from qcompiler.roofline import ceilings, probes
+    names = {cpu: ceilings.int8_probe_kind(Target({"kind": "llvm", "mcpu": cpu}))[0]
+             for cpu in ("znver4", "alderlake", "skylake-avx512", "x86-64-v3")}
+    assert names == {"znver4": "int8 vpdpbusd zmm", "alderlake": "int8 vpdpbusd ymm",
+                     "skylake-avx512": "int8 vpmaddwd zmm", "x86-64-v3": "int8 vpmaddwd ymm"}
+    skx = Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    asm = tvm.compile(tvm.IRModule({"probe": probes.int8_dot_probe(1, 16, "llvm.x86.avx512.pmaddw.d.512",
+                                                                    pairs=True)}), target=skx).mod.inspect_source("asm")
+    assert len(re.findall(r"vpmaddwd\s+[^\n]*%zmm", asm)) >= probes.ACCUMULATORS
+    assert measure_compute(ceilings.int8_probe_kind(skx), 1, skx, 3, 0.05, "int8").value > 10

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from ..errors import QCompilerError
-from .ceilings import SPEC_TABLE, host_ceilings, spec_ceilings
+from .ceilings import SPEC_TABLE, host_ceilings, spec_ceilings, spec_target
 from .inventory import KernelInfo
 from .report import RooflineReport, kernel_roof
 from .timing import kernel_library, time_kernel
@@ -68,8 +68,7 @@ def roofline(lib_or_model, target=None, *, threads: int | None = None, remeasure
         from ..build import fuse_module, lower_to_integer
         from ..target import resolve_target
         from .inventory import kernel_inventory
-        resolved = resolve_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": chip}
-                                  if isinstance(target, str) and target in SPEC_TABLE else target)
+        resolved = resolve_target(spec_target(chip) if isinstance(target, str) and target in SPEC_TABLE else target)
         mod, _, source = import_model(lib_or_model, input_shapes=input_shapes, example_args=example_args)
         kernels = kernel_inventory(fuse_module(lower_to_integer(mod, resolved), resolved))
         rows = [kernel_roof(k, ceilings, None) for k in kernels]

@@ -140,13 +140,13 @@ def int8_probe_kind(target) -> tuple[str, object, int] | None:
         return codegen.llvm_cpu_has_features([feature], target)
     acc = probes.ACCUMULATORS
     if has("avx512vnni"):
-        return "int8 vpdpbusd zmm", lambda t: probes.vnni_probe(t, 16, "llvm.x86.avx512.vpdpbusd.512"), acc * 128
+        return "int8 vpdpbusd zmm", lambda t: probes.int8_dot_probe(t, 16, "llvm.x86.avx512.vpdpbusd.512"), acc * 128
     if has("avxvnni"):
-        return "int8 vpdpbusd ymm", lambda t: probes.vnni_probe(t, 8, "llvm.x86.avx512.vpdpbusd.256"), acc * 64
+        return "int8 vpdpbusd ymm", lambda t: probes.int8_dot_probe(t, 8, "llvm.x86.avx512.vpdpbusd.256"), acc * 64
     if has("avx512bw"):
-        return "int8 vpmaddwd zmm", lambda t: probes.pmaddwd_probe(t, 16, "llvm.x86.avx512.pmaddw.d.512"), acc * 64
+        return "int8 vpmaddwd zmm", lambda t: probes.int8_dot_probe(t, 16, "llvm.x86.avx512.pmaddw.d.512", pairs=True), acc * 64
     if has("avx2"):
-        return "int8 vpmaddwd ymm", lambda t: probes.pmaddwd_probe(t, 8, "llvm.x86.avx2.pmadd.wd"), acc * 32
+        return "int8 vpmaddwd ymm", lambda t: probes.int8_dot_probe(t, 8, "llvm.x86.avx2.pmadd.wd", pairs=True), acc * 32
     return None
 
 
@@ -257,12 +257,21 @@ SPEC_TABLE = {
     "cortex-a76": {"cores": 4, "int8": 4 * 2.4 * 2 * 16 * 2, "fp32": 4 * 2.4 * 2 * 4 * 2, "dram": 17.0,
                    "source": "Arm Cortex-A76 Software Optimization Guide; Raspberry Pi 5: 4 cores, 2.4 GHz"},
     # NVIDIA T4: 130 TOPS int8 (tensor cores), 8.1 TFLOPS fp32, 320 GB/s GDDR6: NVIDIA T4 datasheet.
-    "nvidia/tesla-t4": {"int8": 130_000.0, "fp32": 8_100.0, "dram": 320.0, "source": "NVIDIA T4 Tensor Core GPU datasheet"},
+    "nvidia/tesla-t4": {"gpu": True, "int8": 130_000.0, "fp32": 8_100.0, "dram": 320.0, "source": "NVIDIA T4 Tensor Core GPU datasheet"},
     # NVIDIA A100 40GB SXM: 624 TOPS int8 dense, 19.5 TFLOPS fp32 (non tensor core), 1,555 GB/s HBM2:
     # NVIDIA A100 Tensor Core GPU datasheet.
-    "nvidia/nvidia-a100": {"int8": 624_000.0, "fp32": 19_500.0, "dram": 1555.0,
+    "nvidia/nvidia-a100": {"gpu": True, "int8": 624_000.0, "fp32": 19_500.0, "dram": 1555.0,
                            "source": "NVIDIA A100 Tensor Core GPU datasheet (40GB SXM)"},
 }
+
+
+def spec_target(chip: str) -> dict:
+    """The target to lower a model for when only ``chip``'s datasheet is known: Arm CPUs as aarch64
+    LLVM targets; GPUs (qcompiler has no CUDA backend yet) as a generic LLVM target, whose kernels
+    have the same ops and compulsory bytes."""
+    if SPEC_TABLE.get(chip, {}).get("gpu"):
+        return {"kind": "llvm"}
+    return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": chip}
 
 
 def spec_ceilings(chip: str) -> Ceilings:

@@ -16,12 +16,14 @@ from tvm.script import tirx as T
 ACCUMULATORS = 16
 
 
-def vnni_probe(threads: int, lanes: int, intrinsic: str):
-    """vpdpbusd: acc[int32 x lanes] += 4 u8 x s8 products per lane. 8 * lanes ops per instruction."""
-    width = lanes * 4
+def int8_dot_probe(threads: int, lanes: int, intrinsic: str, pairs: bool = False):
+    """``vpdpbusd``: acc[int32 x lanes] += 4 u8 x s8 products per lane (8 * lanes ops), or with
+    ``pairs`` ``vpmaddwd`` + ``vpaddd``: += 2 int16 products per lane (4 * lanes ops)."""
+    width = lanes * 2 if pairs else lanes * 4
+    seed_dtype = "int16" if pairs else "int8"
 
     @T.prim_func
-    def probe(seed: T.Buffer((128,), "int8"), out: T.Buffer((threads, lanes), "int32"), n: T.int64):
+    def probe(seed: T.Buffer((128,), seed_dtype), out: T.Buffer((threads, lanes), "int32"), n: T.int64):
         T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
         for t in T.parallel(threads):
             acc = T.alloc_buffer((ACCUMULATORS * lanes,), "int32", scope="local")
@@ -29,31 +31,15 @@ def vnni_probe(threads: int, lanes: int, intrinsic: str):
                 acc[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.Cast("int32", t) + i, lanes)
             for _ in range(n):
                 for i in T.unroll(ACCUMULATORS):
-                    acc[T.ramp(i * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-                        f"int32x{lanes}", intrinsic, acc[T.ramp(i * lanes, 1, lanes)],
-                        T.reinterpret(f"uint8x{width}", seed[T.ramp(0, 1, width)]), seed[T.ramp(64, 1, width)])
-            for lane in range(lanes):
-                out[t, lane] = 0
-                for i in range(ACCUMULATORS):
-                    out[t, lane] = out[t, lane] + acc[i * lanes + lane]
-    return probe
-
-
-def pmaddwd_probe(threads: int, lanes: int, intrinsic: str):
-    """vpmaddwd + vpaddd: acc[int32 x lanes] += 2 int16 products per lane. 4 * lanes ops per pair."""
-    width = lanes * 2
-
-    @T.prim_func
-    def probe(seed: T.Buffer((128,), "int16"), out: T.Buffer((threads, lanes), "int32"), n: T.int64):
-        T.func_attr({"global_symbol": "probe", "tirx.noalias": True})
-        for t in T.parallel(threads):
-            acc = T.alloc_buffer((ACCUMULATORS * lanes,), "int32", scope="local")
-            for i in T.unroll(ACCUMULATORS):
-                acc[T.ramp(i * lanes, 1, lanes)] = T.broadcast(T.Cast("int32", t) + i, lanes)
-            for _ in range(n):
-                for i in T.unroll(ACCUMULATORS):
-                    acc[T.ramp(i * lanes, 1, lanes)] = acc[T.ramp(i * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
-                        f"int32x{lanes}", intrinsic, seed[T.ramp(0, 1, width)], seed[T.ramp(64, 1, width)])
+                    if pairs:  # a Python constant: the parser keeps one branch
+                        # the accumulator is an operand too: loop-invariant operands would be hoisted
+                        acc[T.ramp(i * lanes, 1, lanes)] = acc[T.ramp(i * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
+                            f"int32x{lanes}", intrinsic, T.reinterpret(f"int16x{width}", acc[T.ramp(i * lanes, 1, lanes)]),
+                            seed[T.ramp(64, 1, width)])
+                    else:
+                        acc[T.ramp(i * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                            f"int32x{lanes}", intrinsic, acc[T.ramp(i * lanes, 1, lanes)],
+                            T.reinterpret(f"uint8x{width}", seed[T.ramp(0, 1, width)]), seed[T.ramp(64, 1, width)])
             for lane in range(lanes):
                 out[t, lane] = 0
                 for i in range(ACCUMULATORS):
