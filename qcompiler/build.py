@@ -3,7 +3,8 @@
 Pipeline (each step one pass or one call):
   1. x86: store int8 activations as uint8 (passes.legalize_activations_to_uint8)
   2. QDQ patterns -> fused integer kernels (passes.lower_qdq_to_integer); op summary
-  3. TVM legalization and fusion of the remaining ops (LegalizeOps, AnnotateTIROpPattern, FuseOps,
+  3. TVM legalization and fusion of the remaining ops (erf as a vectorizable polynomial, LegalizeOps,
+     AnnotateTIROpPattern, FuseOps,
      FuseTIR); integer kernels are marked opaque so fusion leaves them as their templates expect;
      the kernel inventory (ops from TIR, argument shapes) for the roofline goes into the metadata
   4. schedules/ templates for every PrimFunc (schedules.apply_schedules)
@@ -42,6 +43,7 @@ def fuse_module(mod: tvm.IRModule, target) -> tvm.IRModule:
     """Step 3: every op a PrimFunc (unscheduled), fused where TVM's fusion rules allow."""
     with target:
         return tvm.transform.Sequential([
+            passes.vectorizable_erf,
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseOps(),
