@@ -48,6 +48,9 @@ def fuse_module(mod: tvm.IRModule, target) -> tvm.IRModule:
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
+            # pure reshapes become views, as tvm.compile would make them anyway: done here so the
+            # kernel inventory lists only kernels that run
+            relax.transform.RewriteDataflowReshape(),
             relax.transform.DeadCodeElimination(),
         ])(mod)
 
