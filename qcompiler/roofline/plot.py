@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 COLORS = {"int8": "tab:blue", "fp32": "tab:orange", "dram": "tab:green", "l2": "tab:olive"}
-LABELS = 10  # the kernels with the largest shares of time get a label
+LABELS = 16  # the kernels with the largest shares of time get a label
 
 
 def plot_roofline(report, path: Path) -> None:
