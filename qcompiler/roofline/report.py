@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from statistics import median
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import median
 
 from ..errors import QCompilerError
 from .ceilings import Ceilings
