@@ -69,3 +69,15 @@ def test_dynamic_batch_needs_and_takes_input_shapes(dynamic_batch_model):
     assert model.signature.inputs[0].shape == (1, 1, 8, 8) and model.signature.outputs[0].shape == (1, 10)
     image = np.load(example_path("digits_test.npz"))["images"][:1]
     np.testing.assert_array_equal(model(image=image), _ort(dynamic_batch_model, {"image": image}))
+
+
+def test_transpose_of_a_quantized_input_cancels_with_the_channels_last_edge():
+    """An NHWC uint8 graph input transposed to NCHW before its DequantizeLinear feeds a channels-last
+    conv: the two transposes cancel (only the NCHW output transpose remains); exact vs ONNX Runtime."""
+    from test_roofline import qdq_depthwise
+    model = qdq_depthwise(c=32, hw=20)
+    compiled = qcompiler.compile(model)
+    assert [k["name"] for k in compiled.metadata["kernels"]] == ["qconv2d", "transpose"]
+    x = np.random.default_rng(0).integers(0, 256, (1, 20, 20, 32), dtype=np.uint8)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x_nhwc": x})[0]
+    np.testing.assert_array_equal(compiled(x), expected)

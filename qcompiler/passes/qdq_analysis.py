@@ -129,8 +129,18 @@ def _dequantize(ctx, var, call):
                          expand(zero_point, np.int64))
     if scale.size != 1 or zero_point.size != 1 or not isinstance(data, relax.Var):
         return None
-    return QActivation(VarSource(data), QParams(float(np.float32(scale.reshape(()))), int(zero_point.reshape(())),
-                                                str(data.ty.dtype)))
+    return QActivation(_integer_source(ctx, data), QParams(float(np.float32(scale.reshape(()))),
+                                                           int(zero_point.reshape(())), str(data.ty.dtype)))
+
+
+def _integer_source(ctx, data: relax.Var):
+    """Where a dequantized integer tensor comes from: a transpose of another integer tensor (e.g. an
+    NHWC graph input permuted to NCHW before its DequantizeLinear) stays visible as an OpSource, so
+    the lowering can cancel it against the NCHW -> NHWC transpose of a channels-last region."""
+    call = ctx.producer(data, "relax.permute_dims")
+    if call is not None and isinstance(call.args[0], relax.Var) and call.args[0].ty.dtype == data.ty.dtype:
+        return OpSource(call, _integer_source(ctx, call.args[0]))
+    return VarSource(data)
 
 
 @rule("relax.quantize")
