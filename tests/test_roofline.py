@@ -116,44 +116,40 @@ def test_ceilings_are_cached_per_machine_and_remeasured_on_request(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-def qdq_matmul(m: int, k: int, n: int, seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w_q"),
-             numpy_helper.from_array(np.full(n, 0.004, np.float32), "w_scale"),
-             numpy_helper.from_array(np.zeros(n, np.int8), "w_zp"),
+def _qdq_model(name: str, weight: np.ndarray, w_scale: float, w_axis: int, op, x_shape, y_shape,
+               y_scale: float, pre_nodes=()) -> onnx.ModelProto:
+    """DQ(x u8, 0.02, 128) and DQ(weight s8, per-channel w_scale) -> op -> Q(y u8, y_scale, 128)."""
+    channels = weight.shape[w_axis]
+    inits = [numpy_helper.from_array(weight, "w_q"),
+             numpy_helper.from_array(np.full(channels, w_scale, np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(channels, np.int8), "w_zp"),
              numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
              numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
-             numpy_helper.from_array(np.array(0.5, np.float32), "y_scale"),
+             numpy_helper.from_array(np.array(y_scale, np.float32), "y_scale"),
              numpy_helper.from_array(np.array(128, np.uint8), "y_zp")]
-    nodes = [helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zp"], ["x_f"]),
-             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_f"], axis=1),
-             helper.make_node("MatMul", ["x_f", "w_f"], ["y_f"]),
+    nodes = [*pre_nodes, helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zp"], ["x_f"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_f"], axis=w_axis), op,
              helper.make_node("QuantizeLinear", ["y_f", "y_scale", "y_zp"], ["y"])]
-    graph = helper.make_graph(nodes, "qdq_matmul", [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [m, n])], inits)
+    graph_input = pre_nodes[0].input[0] if pre_nodes else "x"
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(graph_input, TensorProto.UINT8, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def qdq_matmul(m: int, k: int, n: int, seed: int = 0) -> onnx.ModelProto:
+    weight = np.random.default_rng(seed).integers(-127, 128, (k, n), dtype=np.int8)
+    return _qdq_model("qdq_matmul", weight, 0.004, 1, helper.make_node("MatMul", ["x_f", "w_f"], ["y_f"]),
+                      [m, k], [m, n], 0.5)
 
 
 def qdq_depthwise(c: int = 96, hw: int = 56) -> onnx.ModelProto:
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.integers(-127, 128, (c, 1, 3, 3), dtype=np.int8), "w_q"),
-             numpy_helper.from_array(np.full(c, 0.01, np.float32), "w_scale"),
-             numpy_helper.from_array(np.zeros(c, np.int8), "w_zp"),
-             numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
-             numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
-             numpy_helper.from_array(np.array(0.1, np.float32), "y_scale"),
-             numpy_helper.from_array(np.array(128, np.uint8), "y_zp")]
-    nodes = [helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zp"], ["x_f"]),
-             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_f"], axis=0),
-             helper.make_node("Conv", ["x_f", "w_f"], ["y_f"], group=c, pads=[1, 1, 1, 1]),
-             helper.make_node("QuantizeLinear", ["y_f", "y_scale", "y_zp"], ["y"])]
-    graph = helper.make_graph(nodes, "qdq_dw", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, hw, hw, c])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, c, hw, hw])], inits)
-    # NHWC graph input: a Transpose feeds the conv, so the model also has a pure layout kernel
-    graph.node.insert(0, helper.make_node("Transpose", ["x_nhwc"], ["x_t"], perm=[0, 3, 1, 2]))
-    graph.input[0].name = "x_nhwc"
-    graph.node[1].input[0] = "x_t"
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    """A depthwise 3x3 conv with an NHWC uint8 graph input (a Transpose to NCHW before its
+    DequantizeLinear, which cancels with the channels-last conv's edge) and an NCHW output (whose
+    transpose kernel remains)."""
+    weight = np.random.default_rng(1).integers(-127, 128, (c, 1, 3, 3), dtype=np.int8)
+    conv = helper.make_node("Conv", ["x_f", "w_f"], ["y_f"], group=c, pads=[1, 1, 1, 1])
+    to_nchw = helper.make_node("Transpose", ["x_nhwc"], ["x"], perm=[0, 3, 1, 2])
+    return _qdq_model("qdq_dw", weight, 0.01, 0, conv, [1, hw, hw, c], [1, c, hw, hw], 0.1, pre_nodes=(to_nchw,))
 
 
 @pytest.fixture(scope="module")
