@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import QCompilerError
 from .native_log import native_stderr_silenced
+from .output_files import atomic_output
 
 SECTION = ".qcompiler.meta"
 FORMAT = "qcompiler-library-1"
@@ -25,24 +26,17 @@ FORMAT = "qcompiler-library-1"
 
 def write_library(executable, path: str | os.PathLike, metadata: dict) -> Path:
     """Export ``executable`` to ``path`` with ``metadata`` embedded; atomic (temp file, then rename)."""
-    path = Path(path)
-    if path.suffix != ".so":
-        raise QCompilerError(f"output {path}: the library must end in .so")
-    if not path.parent.exists():
-        raise QCompilerError(f"output {path}: directory {path.parent} does not exist")
     objcopy = shutil.which("objcopy")
     if objcopy is None:
         raise QCompilerError("objcopy (binutils) is needed to write the library; install binutils")
-    with tempfile.TemporaryDirectory(prefix="qcompiler-", dir=path.parent) as tmp:
-        lib = Path(tmp) / "lib.so"
+    with atomic_output(path, "output", ".so") as lib, tempfile.TemporaryDirectory(prefix="qcompiler-") as tmp:
         meta = Path(tmp) / "meta.json"
         with native_stderr_silenced():
             executable.export_library(str(lib))
         meta.write_text(json.dumps({"format": FORMAT, **metadata}, indent=1, sort_keys=True))
         subprocess.run([objcopy, "--add-section", f"{SECTION}={meta}", "--set-section-flags",
                         f"{SECTION}=noload,readonly", str(lib)], check=True, capture_output=True)
-        os.replace(lib, path)
-    return path
+    return Path(path)
 
 
 def _section(data: bytes, name: str) -> bytes | None:

@@ -89,15 +89,9 @@ def cmd_run(args) -> None:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    import os
-    import tempfile
-    target = Path(path)
-    if not target.parent.exists():
-        raise QCompilerError(f"--outputs {target}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=target.parent)
-    with os.fdopen(fd, "wb") as f:
+    from .output_files import atomic_output
+    with atomic_output(path, "--outputs") as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, target)
 
 
 def cmd_inspect(args) -> None:
@@ -149,7 +143,7 @@ def cmd_demo(args) -> None:
         pass
     _print_time("latency per image (qcompiler, batch 1)", model.benchmark(image=images[:1], repeat=args.repeat))
     from .roofline.analyze import roofline
-    from .roofline.report import write_text_atomic
+    from .output_files import write_text_atomic
     print("roofline (ceilings are measured once per machine and cached, ~15 s) ...")
     report = roofline(lib_path)
     write_text_atomic(out_dir / "roofline.md", report.to_markdown())
@@ -160,7 +154,7 @@ def cmd_demo(args) -> None:
 
 def cmd_roofline(args) -> None:
     from .roofline.analyze import roofline
-    from .roofline.report import check_output_path, write_text_atomic
+    from .output_files import check_output_path, write_text_atomic
     if args.output:
         check_output_path(args.output, "--output")
     if args.plot:

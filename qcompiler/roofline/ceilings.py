@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QCompilerError
+from ..output_files import write_text_atomic
 from ..target import host_cpu_flags
 
 PROBE_VERSION = 2  # bump when a probe changes: cached ceilings of older probes are ignored
@@ -235,9 +235,7 @@ def host_ceilings(threads: int, *, remeasure: bool = False, log=None) -> Ceiling
             pass  # a damaged cache file is measured again
     ceilings = measure_ceilings(threads, log=log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump(ceilings.to_json(), tmp, indent=1)
-    os.replace(tmp.name, path)
+    write_text_atomic(path, json.dumps(ceilings.to_json(), indent=1), "ceilings cache")
     return ceilings
 
 

@@ -12,33 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
 from ..errors import QCompilerError
+from ..output_files import atomic_output
 from .ceilings import Ceilings
 from .inventory import KernelInfo
-
-
-def check_output_path(path: str | os.PathLike, what: str, suffix: str | None = None) -> Path:
-    """Fail early (before minutes of measuring) on an output path that cannot be written."""
-    path = Path(path)
-    if suffix and path.suffix.lower() != suffix:
-        raise QCompilerError(f"{what} {path}: the file must end in {suffix}")
-    if not path.parent.is_dir():
-        raise QCompilerError(f"{what} {path}: directory {path.parent} does not exist")
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
-    path = check_output_path(path, "output")
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-    return path
 
 
 @dataclass
@@ -205,9 +186,6 @@ class RooflineReport:
     def plot(self, path: str | os.PathLike) -> Path:
         """A log-log roofline PNG: ceilings as lines, one dot per kernel (area ~ share of time)."""
         from .plot import plot_roofline
-        path = check_output_path(path, "plot", ".png")
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            scratch = Path(tmp) / "roofline.png"
-            plot_roofline(self, scratch)
-            os.replace(scratch, path)
-        return path
+        with atomic_output(path, "plot", ".png") as tmp:
+            plot_roofline(self, tmp)
+        return Path(path)
