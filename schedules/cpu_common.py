@@ -49,14 +49,7 @@ def parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes_hint: int = 16,
     inner = None
     if len(spatial) == len(loops) and len(spatial) > 1:  # purely spatial: the innermost loop is the vector
         inner = spatial.pop()
-    outer, chunks = [], 1
-    for loop in spatial:
-        outer.append(loop)
-        chunks *= loop_extent(sch, loop) or parallel_chunks
-        if chunks >= parallel_chunks:
-            break
-    if outer and chunks >= min_parallel:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    parallelize_outer(sch, spatial, min_parallel, parallel_chunks)
     if inner is not None:
         extent = loop_extent(sch, inner)
         lanes = vector_lanes(extent, 32, 32 * lanes_hint) if extent else 1
@@ -66,6 +59,19 @@ def parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes_hint: int = 16,
                 sch.vectorize(vec)
             else:
                 sch.vectorize(inner)
+
+
+def parallelize_outer(sch: s_tir.Schedule, loops: list, min_parallel: int = 2, parallel_chunks: int = 64) -> None:
+    """Fuse just enough of the outermost ``loops`` to give the threads ``parallel_chunks`` chunks and
+    run them in parallel (nothing if fewer than ``min_parallel`` chunks exist)."""
+    outer, chunks = [], 1
+    for loop in loops:
+        outer.append(loop)
+        chunks *= loop_extent(sch, loop) or parallel_chunks
+        if chunks >= parallel_chunks:
+            break
+    if outer and chunks >= min_parallel:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
 def find_block(sch: s_tir.Schedule, name: str):

@@ -12,11 +12,10 @@ from __future__ import annotations
 from tvm import ir, s_tir, tirx
 from tvm.s_tir import dlight
 
-from .cpu_common import loop_extent
+from .cpu_common import loop_extent, parallelize_outer
 
 TILE_WRITE = 64   # output-contiguous elements per tile (one 64-byte line of uint8)
 TILE_READ = 32    # input-contiguous elements per tile
-PARALLEL_CHUNKS = 64
 
 
 def permutation(sch: s_tir.Schedule, block) -> list[int] | None:
@@ -92,14 +91,7 @@ class CPUTranspose(dlight.ScheduleRule):
         w_out, w_in = sch.split(write_axis, [None, write_tile])
         others = [loop for pos, loop in enumerate(loops[:-1]) if pos != read_run]
         sch.reorder(*others, r_out, w_out, r_in, w_in)
-        outer, chunks = [], 1
-        for loop in [*others, r_out, w_out]:
-            outer.append(loop)
-            chunks *= loop_extent(sch, loop) or PARALLEL_CHUNKS
-            if chunks >= PARALLEL_CHUNKS:
-                break
-        if chunks >= 2:
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        parallelize_outer(sch, [*others, r_out, w_out])
         if write_extent % write_tile == 0 and write_tile % 16 == 0:
             sch.vectorize(w_in)
         return sch
