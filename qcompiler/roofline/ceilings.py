@@ -165,12 +165,13 @@ def fp32_probe_kind(target) -> tuple[str, object, int] | None:
 def measure_compute(kind, threads: int, target, repeat: int, seconds: float, op_class: str) -> Ceiling:
     import tvm
     name, factory, ops_per_trip = kind
-    lib = _build(factory(threads), target)
-    seed_dtype = "float32" if op_class == "fp32" else ("int16" if "vpmaddwd" in name else "int8")
-    lanes = {"zmm": 16, "ymm": 8}[name.rsplit(" ", 1)[-1]]
-    out_dtype = "float32" if op_class == "fp32" else "int32"
-    seed = tvm.runtime.tensor(np.full(128, 1e-3 if op_class == "fp32" else 1, seed_dtype))
-    out = tvm.runtime.tensor(np.zeros((threads, lanes), out_dtype))
+    probe = factory(threads)
+    lib = _build(probe, target)
+
+    def filled(param):  # operands from the probe's own buffer declarations; small floats stay finite
+        dtype = str(param.dtype)
+        return tvm.runtime.tensor(np.full([int(d) for d in param.shape], 1e-3 if "float" in dtype else 1, dtype))
+    seed, out = (filled(param) for param in probe.params[:2])
     trips = _calibrated_trips(lib, lambda n: [seed, out, n], seconds)
     samples = [ops_per_trip * trips * threads / t / 1e9 for t in _time(lib, [seed, out, trips], repeat)]
     return Ceiling(name, "compute", op_class, threads, max(samples), samples)
