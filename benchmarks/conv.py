@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -217,21 +216,13 @@ def main(argv=None) -> int:
     harness.add_common_args(ap)
     args = ap.parse_args(argv)
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
-    t_start = time.time()
-    runner, suite, peaks, _keepalive = harness.start_suite("conv", "int8 conv2d (N=1)", args, __file__, ORT_IMPLS)
-    peak = suite.peak
-    for layer in parse_layers(args.layers):
-        run_layer(layer, args, runner, suite, impls)
-    total = time.time() - t_start
-
-    print()
-    print(f"# int8 conv2d (H x W x C, R x S[/stride] -> K), N=1, {args.threads} threads, GOP/s = "
-          f"2*K*C/groups*R*S*OH*OW / median time; % peak of the {args.threads}-thread vpdpbusd peak measured now "
-          f"({harness.fmt_num(peak)} GOP/s); vs best ORT = median / faster correct ORT form of that layer; "
-          "load = other processes' CPU use")
-    suite.print()
-    harness.finish_suite("conv", suite, args, peaks, total, GEOMEANS, "layers")
-    return 0
+    header = (f"# int8 conv2d (H x W x C, R x S[/stride] -> K), N=1, {args.threads} threads, GOP/s = "
+              f"2*K*C/groups*R*S*OH*OW / median time; % peak of the {args.threads}-thread vpdpbusd peak measured "
+              "now ({peak} GOP/s); vs best ORT = median / faster correct ORT form of that layer; "
+              "load = other processes' CPU use")
+    return harness.run_suite("conv", "int8 conv2d (N=1)", args, __file__, ORT_IMPLS, parse_layers(args.layers),
+                             lambda layer, runner, suite: run_layer(layer, args, runner, suite, impls),
+                             header, GEOMEANS, "layers")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -226,20 +225,12 @@ def main(argv=None) -> int:
     harness.add_common_args(ap)
     args = ap.parse_args(argv)
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
-    t_start = time.time()
-    runner, suite, peaks, _keepalive = harness.start_suite("gemm", "int8 GEMM", args, __file__, ORT_IMPLS)
-    peak = suite.peak
-    for M, K, N in parse_shapes(args.shapes):
-        run_shape(M, K, N, args, runner, suite, impls)
-    total = time.time() - t_start
-
-    print()
-    print(f"# int8 GEMM (M x K x N), {args.threads} threads, GOP/s = 2*M*N*K / median time; "
-          f"% peak of the {args.threads}-thread vpdpbusd peak measured now ({harness.fmt_num(peak)} GOP/s); "
-          "vs best ORT = median / best correct ORT variant of that shape; load = other processes' CPU use")
-    suite.print()
-    harness.finish_suite("gemm", suite, args, peaks, total, GEOMEANS, "shapes")
-    return 0
+    header = (f"# int8 GEMM (M x K x N), {args.threads} threads, GOP/s = 2*M*N*K / median time; "
+              f"% peak of the {args.threads}-thread vpdpbusd peak measured now ({{peak}} GOP/s); "
+              "vs best ORT = median / best correct ORT variant of that shape; load = other processes' CPU use")
+    return harness.run_suite("gemm", "int8 GEMM", args, __file__, ORT_IMPLS, parse_shapes(args.shapes),
+                             lambda shape, runner, suite: run_shape(*shape, args, runner, suite, impls),
+                             header, GEOMEANS, "shapes")
 
 
 if __name__ == "__main__":

@@ -721,6 +721,23 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
     return runner, Suite(kind, peak, ort_impls), peaks, keepalive
 
 
+def run_suite(kind: str, title: str, args, script: str, ort_impls: list[str], cases: list, run_case,
+              header: str, ratios, unit: str) -> int:
+    """A whole benchmark script after its arguments: measure the peak, ``run_case(case, runner, suite)``
+    for every case, then the table (under ``header``, whose ``{peak}`` is the measured peak), the
+    geometric means and the JSON."""
+    t_start = time.time()
+    runner, suite, peaks, _keepalive = start_suite(kind, title, args, script, ort_impls)
+    for case in cases:
+        run_case(case, runner, suite)
+    total = time.time() - t_start
+    print()
+    print(header.format(peak=fmt_num(suite.peak)))
+    suite.print()
+    finish_suite(kind, suite, args, peaks, total, ratios, unit)
+    return 0
+
+
 def finish_suite(kind: str, suite: Suite, args, peaks, total: float, ratios, unit: str) -> None:
     """Common end of a benchmark script: geometric-mean ratios over the cases, then the JSON.
 
