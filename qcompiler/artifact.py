@@ -21,7 +21,7 @@ from .native_log import native_stderr_silenced
 from .output_files import atomic_output
 
 SECTION = ".qcompiler.meta"
-FORMAT = "qcompiler-library-1"
+FORMAT = "qcompiler-library-2"  # 2: required_cpu_features in LLVM feature names
 
 
 def write_library(executable, path: str | os.PathLike, metadata: dict) -> Path:

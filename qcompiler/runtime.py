@@ -14,7 +14,7 @@ from .artifact import read_metadata
 from .errors import QCompilerError
 from .native_log import native_stderr_silenced
 from .signature import ModelSignature
-from .target import host_cpu_flags
+from .target import check_runnable, usable_cpus
 
 
 class Model:
@@ -26,9 +26,18 @@ class Model:
         self.metadata = metadata
         self.signature = ModelSignature.from_json(metadata["signature"])
         self._where = where
+        self._runnable = False
+
+    def check_runnable(self) -> None:
+        """Refuse (QCompilerError) to run code built for CPU features this machine lacks: a model
+        compiled in-process for another CPU can be exported, not run (SIGILL kills the process)."""
+        if not self._runnable:
+            check_cpu_features(self.metadata, self._where)
+            self._runnable = True
 
     def _tensors(self, args, kwargs) -> list:
         import tvm
+        self.check_runnable()
         specs = self.signature.inputs
         if args and kwargs:
             raise QCompilerError(f"{self._where}: pass inputs either by position or by name, not both")
@@ -71,16 +80,8 @@ class Model:
 
 
 def check_cpu_features(metadata: dict, where: str) -> None:
-    """Refuse a library whose required CPU features this machine lacks (before loading its code)."""
-    flags = host_cpu_flags()
-    required = metadata.get("required_cpu_features", [])
-    if flags is None or not required:
-        return
-    missing = sorted(set(required) - flags)
-    if missing:
-        raise QCompilerError(f"{where}: built for CPU {metadata.get('cpu', '?')!r}, needs CPU features "
-                             f"{', '.join(missing)} that this machine lacks; recompile it here "
-                             "(`qcompiler compile MODEL -o OUT.so` uses the host CPU by default)")
+    """Refuse code whose required CPU features this machine lacks, before any of it runs."""
+    check_runnable(metadata.get("required_cpu_features", []), where, metadata.get("cpu", "?"))
 
 
 def set_thread_count(num_threads: int | None = None) -> None:
@@ -90,8 +91,7 @@ def set_thread_count(num_threads: int | None = None) -> None:
     if num_threads:
         os.environ["TVM_NUM_THREADS"] = str(num_threads)
     elif not os.environ.get("TVM_NUM_THREADS"):
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        os.environ["TVM_NUM_THREADS"] = str(cpus or 1)
+        os.environ["TVM_NUM_THREADS"] = str(usable_cpus())
 
 
 def load_library(path: str | os.PathLike, num_threads: int | None = None):

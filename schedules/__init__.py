@@ -12,17 +12,14 @@ import tvm
 from tvm.s_tir import dlight
 from tvm.target import Target, codegen
 
+from qcompiler.target import is_x86
+
 from .cpu_common import kernel_key
 from .cpu_fallback import CPUFallback
 from .cpu_transpose import CPUTranspose
 from .x86_generic import X86IntegerKernels
 from .x86_vnni import X86VNNIKernels, has_vnni
 
-
-
-def is_x86(target: Target) -> bool:
-    triple = str(target.attrs.get("mtriple", "") or "")
-    return target.kind.name == "llvm" and (not triple or triple.startswith(("x86_64", "i686")))
 
 
 def rules_for(target: Target) -> list[dlight.ScheduleRule]:
@@ -36,14 +33,17 @@ def rules_for(target: Target) -> list[dlight.ScheduleRule]:
 
 def weight_layout(target: Target) -> str:
     """How the lowering should store weights for ``target``: "packed16x4" (the VNNI micro-kernels'
-    [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]), "pairs16x4" (the same dense packing for the
-    vpmaddwd micro-kernel of AVX-512BW CPUs without VNNI; their convs stay plain) or "plain"."""
+    [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]), "pairs16x2" / "pairs8x2" (int16
+    [N/lanes, K/2, lanes, 2] for the exact vpmaddwd dense micro-kernel of AVX-512BW / AVX2 CPUs
+    without VNNI; their convs stay plain) or "plain"."""
     if not is_x86(target):
         return "plain"
     if has_vnni(target):
         return "packed16x4"
     if codegen.llvm_cpu_has_features(["avx512bw"], target):
-        return "pairs16x4"
+        return "pairs16x2"
+    if codegen.llvm_cpu_has_features(["avx2"], target):
+        return "pairs8x2"
     return "plain"
 
 

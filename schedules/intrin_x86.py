@@ -54,46 +54,46 @@ def register() -> None:
 register()
 
 
-PMADDWD_16x2x2 = "qcompiler_pmaddwd_u8s8s32_16x2x2"
+#: vpmaddwd on int16 operands, exact (CPUs without VNNI): name -> (lanes, LLVM intrinsic)
+PMADDWD_8x2 = "qcompiler_pmaddwd_s16s16s32_8x2"     # AVX2 ymm
+PMADDWD_16x2 = "qcompiler_pmaddwd_s16s16s32_16x2"   # AVX-512BW zmm
+PMADDWD = {PMADDWD_8x2: (8, "llvm.x86.avx2.pmadd.wd"), PMADDWD_16x2: (16, "llvm.x86.avx512.pmaddw.d.512")}
 
 
-def _pairs_intrinsic():
-    """vpmaddwd (AVX-512BW) 16x4 block without VNNI: C[16, 2] += pairs of u8 x s8 products.
+def _pairs_intrinsic(lanes: int, llvm_name: str):
+    """C[lanes] (int32) += A[0]*B[:, 0] + A[1]*B[:, 1], A (int16, broadcast) and B (int16) operands.
 
-    vpmaddwd multiplies int16 lanes and adds adjacent pairs into int32, so one instruction covers 8
-    output lanes x 4 reduction steps as (k0, k1) and (k2, k3) partial sums: C[n, p] accumulates the
-    pair p = 0 or 1 and the two are added once, in the epilogue. int16 products of u8 x s8 cannot
-    overflow and their pair sums fit int32, unlike pmaddubsw's saturating int16 sums.
+    ``vpmaddwd`` multiplies int16 lanes exactly and adds adjacent pairs into int32: for 8-bit values
+    widened to int16 a pair sum is at most 2 * 255 * 128 in magnitude, unlike ``vpmaddubsw``'s
+    saturating int16 pair sums. The two int16 of A are broadcast as one int32.
+    Like the VNNI impl, it binds no temporaries (each would be a workspace allocation per task).
     """
-    @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16, 2), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16, 0:2])
-            for n in T.serial(0, 16):
-                for p in T.serial(0, 2):
-                    for q in T.serial(0, 2):
-                        with T.sblock("update"):
-                            vn, vp, vq = T.axis.remap("SSR", [n, p, q])
-                            C[vn, vp] = C[vn, vp] + T.cast(A[vp * 2 + vq], "int32") * T.cast(B[vn, vp * 2 + vq], "int32")
+    vec_i32, vec_i16 = f"int32x{lanes}", f"int16x{lanes * 2}"
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16, 2), "int32", offset_factor=1)) -> None:
+    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((lanes, 2), "int16", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16, 0:2])
-            C[0, T.ramp(T.int32(0), 1, 16)] = C.vload([0, 0], dtype="int32x16") + T.call_llvm_pure_intrin(
-                "int32x16", "llvm.x86.avx512.pmaddw.d.512", T.Cast("int16x32", B.vload([0, 0], dtype="int8x32")),
-                T.Cast("int16x32", T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-                                                 dtype="uint8x32")))
-            C[8, T.ramp(T.int32(0), 1, 16)] = C.vload([8, 0], dtype="int32x16") + T.call_llvm_pure_intrin(
-                "int32x16", "llvm.x86.avx512.pmaddw.d.512", T.Cast("int16x32", B.vload([8, 0], dtype="int8x32")),
-                T.Cast("int16x32", T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
-                                                 dtype="uint8x32")))
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((lanes, 2), "int16", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=vec_i32) + T.call_llvm_pure_intrin(
+                vec_i32, llvm_name, B.vload([0, 0], dtype=vec_i16),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), lanes), dtype=vec_i16))
 
     return desc, impl
 
 
-s_tir.TensorIntrin.register(PMADDWD_16x2x2, *_pairs_intrinsic(), override=True)
+for _name, (_lanes, _llvm) in PMADDWD.items():
+    s_tir.TensorIntrin.register(_name, *_pairs_intrinsic(_lanes, _llvm), override=True)

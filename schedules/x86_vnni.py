@@ -15,6 +15,7 @@ per-tile workspace allocation (LowerTVMBuiltin's stack limit).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
@@ -24,6 +25,26 @@ from . import intrin_x86
 from .cpu_common import find_block, fuse_epilogue, kernel_key, loop_extent, parallel_vectorize_spatial
 
 MAX_TILE_BYTES = 1024  # LowerTVMBuiltin keeps constant allocations below this on the stack
+
+
+@dataclass(frozen=True)
+class DotKernel:
+    """The int8 dot-product instruction a packed template is built around: the contract between the
+    lowering's weight packing ([N/lanes, K/k_group, lanes, k_group]) and the micro-kernel."""
+
+    lanes: int  # int32 outputs of one instruction (16 for VNNI: AVX-VNNI issues two ymm halves)
+    k_group: int  # reduction steps one instruction covers per output lane
+    registers: int  # vector registers: bounds the accumulator tile with its operands
+    scratch: int  # registers besides accumulators and weight vectors: the broadcast operand, and for
+    #               vpmaddwd its product (it cannot accumulate in place; vpdpbusd does)
+    intrinsic: str | None  # None: VNNI (picked per target by _tensorize_block16)
+
+
+VNNI = DotKernel(16, 4, 32, 1, None)
+PAIRS_YMM = DotKernel(8, 2, 16, 2, intrin_x86.PMADDWD_8x2)  # AVX2 vpmaddwd on int16 operands
+PAIRS_ZMM = DotKernel(16, 2, 32, 2, intrin_x86.PMADDWD_16x2)  # AVX-512BW vpmaddwd
+#: the weight layout (qcompiler.layout) of each packed dense kernel
+DOT_KERNELS = {"packed16x4": VNNI, "pairs8x2": PAIRS_YMM, "pairs16x2": PAIRS_ZMM}
 
 
 def has_vnni(target) -> bool:
@@ -58,10 +79,15 @@ def _knob(sch: s_tir.Schedule, candidates: list[int], default: int, tunable: boo
     return default
 
 
-def dense_tile_candidates(m_dim: int, n_blocks: int, max_tile_bytes: int = MAX_TILE_BYTES) -> list[tuple[int, int]]:
-    """(MR, NR) pairs that tile exactly and fit ``max_tile_bytes``, best first by loads per vpdpbusd."""
+def dense_tile_candidates(m_dim: int, n_blocks: int, max_tile_bytes: int = MAX_TILE_BYTES,
+                          kernel: DotKernel = VNNI) -> list[tuple[int, int]]:
+    """(MR, NR) pairs that tile exactly, fit ``max_tile_bytes`` and (with their NR weight vectors and
+    the kernel's scratch registers) its register file, best first by loads per instruction. A 4x3
+    vpmaddwd tile on AVX2 (12 + 3 + 2 = 17 ymm) spills an accumulator every k step: 114 vs 232 GOP/s."""
+    vector_bytes = kernel.lanes * 4
     pairs = [(mr, nr) for mr in range(1, 9) for nr in range(1, 5)
-             if m_dim % mr == 0 and n_blocks % nr == 0 and mr * nr * 64 < max_tile_bytes]
+             if m_dim % mr == 0 and n_blocks % nr == 0 and mr * nr * vector_bytes < max_tile_bytes
+             and mr * nr + nr + kernel.scratch <= kernel.registers]
     # vpdpbusd latency 4 x 2/cycle: prefer >= 8 independent accumulators, then fewest loads per dot,
     # then more rows (a narrower weight panel)
     return sorted(pairs, key=lambda p: (p[0] * p[1] < 8, (p[0] + p[1]) / (p[0] * p[1]), -p[0] * p[1], p[1]))
@@ -77,31 +103,32 @@ K_BLOCK_PANEL_BYTES = 24 * 1024
 ROW_BLOCK_ACC_BYTES = 32 * 1024
 
 
-def _panel_bytes(k_steps: int, nr: int) -> int:
-    return k_steps * 4 * nr * 16
+def _panel_bytes(k_steps: int, nr: int, lanes: int = 16) -> int:
+    """Bytes of a weight panel: every k step holds 4 bytes per output lane (4 x int8 or 2 x int16)."""
+    return k_steps * 4 * nr * lanes
 
 
-def prefer_whole_k(candidates: list[tuple[int, int]], k_steps: int) -> list[tuple[int, int]]:
+def prefer_whole_k(candidates: list[tuple[int, int]], k_steps: int, lanes: int = 16) -> list[tuple[int, int]]:
     """The tile candidates reordered so that, among equally many-accumulator classes, tiles whose
     whole-K weight panel fits ``FULL_K_PANEL_BYTES`` come first (stable otherwise)."""
-    return sorted(candidates, key=lambda p: (p[0] * p[1] < 8, _panel_bytes(k_steps, p[1]) > FULL_K_PANEL_BYTES))
+    return sorted(candidates, key=lambda p: (p[0] * p[1] < 8, _panel_bytes(k_steps, p[1], lanes) > FULL_K_PANEL_BYTES))
 
 
-def k_block_candidates(k_steps: int, nr: int) -> list[int]:
-    """K-block sizes (in 4-byte steps): the whole K when its panel fits, then the largest divisors of K
+def k_block_candidates(k_steps: int, nr: int, lanes: int = 16) -> list[int]:
+    """K-block sizes (in k steps): the whole K when its panel fits, then the largest divisors of K
     whose panel fits ``K_BLOCK_PANEL_BYTES``."""
-    whole = [k_steps] if _panel_bytes(k_steps, nr) <= FULL_K_PANEL_BYTES else []
+    whole = [k_steps] if _panel_bytes(k_steps, nr, lanes) <= FULL_K_PANEL_BYTES else []
     blocked = [d for d in range(k_steps - 1, 0, -1)
-               if k_steps % d == 0 and _panel_bytes(d, nr) <= K_BLOCK_PANEL_BYTES][:3]
+               if k_steps % d == 0 and _panel_bytes(d, nr, lanes) <= K_BLOCK_PANEL_BYTES][:3]
     return whole + blocked or [k_steps]
 
 
-def row_block_candidates(m_dim: int, mr_options: list[int], nr: int) -> list[int]:
+def row_block_candidates(m_dim: int, mr_options: list[int], nr: int, lanes: int = 16) -> list[int]:
     """Rows per row block when K is blocked: multiples of every MR option dividing M, largest first
-    among those whose partial sums (rows x NR*16 int32) fit ``ROW_BLOCK_ACC_BYTES``."""
+    among those whose partial sums (rows x NR*lanes int32) fit ``ROW_BLOCK_ACC_BYTES``."""
     step = math.lcm(*mr_options)
     fitting = [r for r in range(m_dim, 0, -step) if m_dim % r == 0 and r % step == 0
-               and r * nr * 64 <= ROW_BLOCK_ACC_BYTES]
+               and r * nr * lanes * 4 <= ROW_BLOCK_ACC_BYTES]
     return fitting[:3] or [step]
 
 
@@ -114,11 +141,14 @@ def _tile_knobs(sch: s_tir.Schedule, candidates: list[tuple[int, int]], tunable:
     return mr, nr, nr_default
 
 
-def _finish_micro_kernel(sch: s_tir.Schedule, init, rows, blocks, lanes16, target) -> None:
-    """Unroll the register tile, tensorize its 16-lane loop, vectorize the accumulator init."""
+def _finish_micro_kernel(sch: s_tir.Schedule, init, rows, blocks, lanes16, target, kernel: DotKernel = VNNI) -> None:
+    """Unroll the register tile, tensorize its vector loop, vectorize the accumulator init."""
     sch.unroll(rows)
     sch.unroll(blocks)
-    _tensorize_block16(sch, lanes16, target)
+    if kernel.intrinsic is None:
+        _tensorize_block16(sch, lanes16, target)
+    else:
+        sch.tensorize(lanes16, kernel.intrinsic)
     init_loops = sch.get_loops(init)
     sch.vectorize(init_loops[-1])
     sch.unroll(init_loops[-2])
@@ -131,17 +161,19 @@ def _finish_micro_kernel(sch: s_tir.Schedule, init, rows, blocks, lanes16, targe
 DENSE_LOOP_ORDERS = ("columns", "rows")
 
 
-def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False, order: str = "columns") -> None:
+def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False, order: str = "columns",
+                          kernel: DotKernel = VNNI) -> None:
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     i, j, k = sch.get_loops(acc)
+    lanes, group = kernel.lanes, kernel.k_group
     m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
-    candidates = prefer_whole_k(dense_tile_candidates(m_dim, n_pad // 16), k_pad // 4)
+    candidates = prefer_whole_k(dense_tile_candidates(m_dim, n_pad // lanes, kernel=kernel), k_pad // group, lanes)
     mr, nr, nr_default = _tile_knobs(sch, candidates, tunable)
-    k_blocks = k_block_candidates(k_pad // 4, nr_default)
+    k_blocks = k_block_candidates(k_pad // group, nr_default, lanes)
     kb_steps = _knob(sch, k_blocks, k_blocks[0], tunable)
-    jo, jb, ji = sch.split(j, [None, nr, 16])
-    ko, ki = sch.split(k, [None, 4])
-    if isinstance(kb_steps, int) and kb_steps == k_pad // 4:
+    jo, jb, ji = sch.split(j, [None, nr, lanes])
+    ko, ki = sch.split(k, [None, group])
+    if isinstance(kb_steps, int) and kb_steps == k_pad // group:
         # the whole K in one panel: one tile = one finished output tile, epilogue right behind it
         io, ii = sch.split(i, [None, mr])
         outer = (jo, io) if order == "columns" else (io, jo)
@@ -152,7 +184,7 @@ def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False, or
         # K blocked: a K block's weight panel is reused by every row tile of a row block, whose
         # partial sums stay in the accumulator (L1-sized) between K blocks
         mr_options = sorted({p[0] for p in candidates}) if not isinstance(mr, int) else [mr]
-        row_blocks = row_block_candidates(m_dim, mr_options, nr_default)
+        row_blocks = row_block_candidates(m_dim, mr_options, nr_default, lanes)
         rows = _knob(sch, row_blocks, row_blocks[0], tunable)
         ib, irows = sch.split(i, [None, rows])
         io, ii = sch.split(irows, [None, mr])
@@ -163,31 +195,33 @@ def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False, or
     sch.parallel(tile)
     fuse_epilogue(sch, out, tile, "rowsum")
     init = sch.decompose_reduction(acc, reduce_from)
-    _finish_micro_kernel(sch, init, ii, jb, ji, target)
-    pad = find_block(sch, "pad")
-    if pad is not None:
-        parallel_vectorize_spatial(sch, pad)
+    _finish_micro_kernel(sch, init, ii, jb, ji, target, kernel)
+    for name in ("pad", "widen"):
+        stage = find_block(sch, name)
+        if stage is not None:
+            parallel_vectorize_spatial(sch, stage)
 
 
-def conv_tile_candidates(out_width: int, k_blocks: int) -> list[tuple[int, int]]:
-    """(MR output pixels along OW, NR 16-channel blocks): exact tiles under the stack limit."""
-    return dense_tile_candidates(out_width, k_blocks)
+def conv_tile_candidates(out_width: int, k_blocks: int, kernel: DotKernel = VNNI) -> list[tuple[int, int]]:
+    """(MR output pixels along OW, NR ``lanes``-channel blocks): exact tiles that fit registers and stack."""
+    return dense_tile_candidates(out_width, k_blocks, kernel=kernel)
 
 
-def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
-    """NHWC micro-kernel: MR output pixels x NR*16 output channels, (r, s, C/4) inside the tile."""
+def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False, kernel: DotKernel = VNNI) -> None:
+    """NHWC micro-kernel: MR output pixels x NR*lanes output channels, (r, s, C/k_group) inside the tile."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     n, h, w, k, r, s, c = sch.get_loops(acc)
-    mr, nr, _ = _tile_knobs(sch, conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // 16), tunable)
+    candidates = conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // kernel.lanes, kernel)
+    mr, nr, _ = _tile_knobs(sch, candidates, tunable)
     wo, wi = sch.split(w, [None, mr])
-    ko, kb, ki = sch.split(k, [None, nr, 16])
-    co, ci = sch.split(c, [None, 4])
+    ko, kb, ki = sch.split(k, [None, nr, kernel.lanes])
+    co, ci = sch.split(c, [None, kernel.k_group])
     sch.reorder(n, ko, h, wo, r, s, co, wi, kb, ki, ci)
     tile = sch.fuse(n, ko, h, wo)
     sch.parallel(tile)
     sch.reverse_compute_at(out, tile)
     init = sch.decompose_reduction(acc, r)
-    _finish_micro_kernel(sch, init, wi, kb, ki, target)
+    _finish_micro_kernel(sch, init, wi, kb, ki, target, kernel)
     _vectorize_channels_epilogue(sch, out)
     pad = find_block(sch, "pad")
     if pad is not None:
@@ -195,14 +229,15 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False) -
 
 
 def _vectorize_channels_epilogue(sch: s_tir.Schedule, out) -> None:
-    """The NHWC epilogue under the tile loop: pixels unrolled, 16 contiguous channels per vector."""
+    """The NHWC epilogue under the tile loop: pixels unrolled, 16 (else 8) contiguous channels per vector."""
     own = sch.get_loops(out)[1:]  # below the (single, fused) tile loop; unit loops are gone
     if not own:
         return
     channels = own[-1]
     extent = loop_extent(sch, channels)
-    if extent and extent % 16 == 0:
-        blocks, lanes = sch.split(channels, [None, 16])
+    width = next((v for v in (16, 8) if extent and extent % v == 0), None)
+    if width:
+        blocks, lanes = sch.split(channels, [None, width])
         sch.unroll(blocks)
         sch.vectorize(lanes)
     for loop in own[:-1]:
@@ -228,22 +263,27 @@ def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = Fa
             parallel_vectorize_spatial(sch, block)
 
 
-def depthwise_tile_candidates(out_width: int, channels: int) -> list[tuple[int, int]]:
-    """(MR output pixels, CB 16-channel vectors) for the depthwise register tile, under the stack
-    limit, most accumulators first."""
+def depthwise_tile_candidates(out_width: int, channels: int, lanes: int = 16,
+                              registers: int = 32) -> list[tuple[int, int]]:
+    """(MR output pixels, CB ``lanes``-channel vectors) for the depthwise register tile: exact, under
+    the stack limit, accumulators plus CB weight vectors and an input vector within the registers,
+    most accumulators first."""
     pairs = [(mr, cb) for mr in (8, 7, 6, 5, 4, 3, 2, 1) for cb in (2, 1)
-             if out_width % mr == 0 and channels % (16 * cb) == 0 and mr * cb * 64 < MAX_TILE_BYTES]
+             if out_width % mr == 0 and channels % (lanes * cb) == 0 and mr * cb * lanes * 4 < MAX_TILE_BYTES
+             and mr * cb + cb + 2 <= registers]
     return sorted(pairs, key=lambda p: -p[0] * p[1])
 
 
 def schedule_depthwise_nhwc(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
-    """MR output pixels x CB*16 channels of int32 accumulators, the R x S taps unrolled inside."""
+    """MR output pixels x CB vectors of channels (16 int32 lanes per zmm, 8 per ymm on AVX2) of
+    int32 accumulators, the R x S taps unrolled inside."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     n, h, w, c, r, s = sch.get_loops(acc)
-    candidates = depthwise_tile_candidates(loop_extent(sch, w), loop_extent(sch, c)) or [(1, 1)]
+    width, registers = (16, 32) if codegen.llvm_cpu_has_features(["avx512f"], target) else (8, 16)
+    lanes = width if loop_extent(sch, c) % width == 0 else 1
+    candidates = depthwise_tile_candidates(loop_extent(sch, w), loop_extent(sch, c), width, registers) or [(1, 1)]
     mr, cb, _ = _tile_knobs(sch, candidates, tunable)
     wo, wi = sch.split(w, [None, mr])
-    lanes = 16 if loop_extent(sch, c) % 16 == 0 else 1
     co, cbl, cv = sch.split(c, [None, cb, lanes])
     sch.reorder(n, h, wo, co, r, s, wi, cbl, cv)
     tile = sch.fuse(n, h, wo, co)
@@ -262,59 +302,31 @@ def schedule_depthwise_nhwc(sch: s_tir.Schedule, target, tunable: bool = False) 
         parallel_vectorize_spatial(sch, pad)
 
 
-def schedule_dense_pairs(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
-    """The packed dense micro-kernel with vpmaddwd (no VNNI): two int32 partial sums per output lane
-    (two zmm per 16 outputs), the pair added once by the inlined "pair_sum" in the epilogue."""
-    acc, out, pair_sum = sch.get_sblock("acc"), sch.get_sblock("requant"), sch.get_sblock("pair_sum")
-    i, j, p, kq, q = sch.get_loops(acc)
-    m_dim, n_pad = loop_extent(sch, i), loop_extent(sch, j)
-    # a 16-lane block holds 2 x 16 int32 partial sums: half as many blocks fit the stack limit
-    mr, nr, _ = _tile_knobs(sch, dense_tile_candidates(m_dim, n_pad // 16, MAX_TILE_BYTES // 2), tunable)
-    io, ii = sch.split(i, [None, mr])
-    jo, jb, ji = sch.split(j, [None, nr, 16])
-    sch.reorder(jo, io, kq, ii, jb, ji, p, q)
-    tile = sch.fuse(jo, io)
-    sch.parallel(tile)
-    if find_block(sch, "rowsum") is None:
-        sch.reverse_compute_at(pair_sum, tile)
-        pair_loops = sch.get_loops(pair_sum)[1:]
-        sch.reorder(*pair_loops[:-2], pair_loops[-1], pair_loops[-2])  # pair index outside the 16 lanes
-    else:
-        parallel_vectorize_spatial(sch, pair_sum)
-    fuse_epilogue(sch, out, tile, "rowsum")
-    init = sch.decompose_reduction(acc, kq)
-    sch.unroll(ii)
-    sch.unroll(jb)
-    sch.tensorize(ji, intrin_x86.PMADDWD_16x2x2)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(sch.fuse(init_loops[-2], init_loops[-1]))
-    sch.unroll(init_loops[-3])
-    sch.unroll(init_loops[-4])
-    pad = find_block(sch, "pad")
-    if pad is not None:
-        parallel_vectorize_spatial(sch, pad)
-
-
-TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("dense", "pairs16x4"): schedule_dense_pairs, ("conv2d", "packed16x4"): schedule_conv2d_packed,
+TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("dense", "pairs8x2"): schedule_dense_packed,
+             ("dense", "pairs16x2"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed,
+             ("conv2d", "pairs8x2"): schedule_conv2d_packed, ("conv2d", "pairs16x2"): schedule_conv2d_packed,
              ("batch_matmul", "packed16x4"): schedule_batch_matmul_packed,
              ("conv2d", "depthwise_nhwc"): schedule_depthwise_nhwc}
 
 
 class X86VNNIKernels(dlight.ScheduleRule):
-    """Schedules the packed integer kernels with vpdpbusd templates on AVX-512 VNNI targets."""
+    """Schedules the packed integer kernels: vpdpbusd templates on VNNI targets, the vpmaddwd dense
+    micro-kernel (``pairs*`` layouts) on AVX2 / AVX-512BW targets without VNNI."""
 
     def apply(self, func: tirx.PrimFunc, target, tunable: bool):
         key = kernel_key(func)
         template = TEMPLATES.get(key)
-        if template is None or (key[1] != "pairs16x4" and not has_vnni(target)):
+        if template is None or (not key[1].startswith("pairs") and not has_vnni(target)) or (
+                key[1] == "depthwise_nhwc" and not codegen.llvm_cpu_has_features(["avx2"], target)):
             return None
+        options = {"kernel": DOT_KERNELS[key[1]]} if key[1] in DOT_KERNELS else {}
         if tunable and template is schedule_dense_packed:
             spaces = []
             for order in DENSE_LOOP_ORDERS:
                 sch = s_tir.Schedule(func)
-                template(sch, target, tunable, order=order)
+                template(sch, target, tunable, order=order, **options)
                 spaces.append(sch)
             return spaces
         sch = s_tir.Schedule(func)
-        template(sch, target, tunable)
+        template(sch, target, tunable, **options)
         return sch

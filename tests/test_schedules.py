@@ -14,14 +14,13 @@ from tvm.target import Target
 import int_reference as ref
 import schedules
 from qcompiler.build import build
-from qcompiler.kernels import pack_dense_weight, qdense_packed
-from qcompiler.target import host_cpu_flags
+from qcompiler.kernels import pack_dense_weight, pack_dense_weight_pairs, qdense_packed, qdense_packed_pairs
+import isa
 from test_integer_kernels import dq, f32, q
 from tvm import relax
 
 
-def asm_of(model) -> str:
-    return "\n".join(m.inspect_source("asm") for m in model.executable.mod.imports)
+asm_of = isa.asm_of
 
 
 def _dense_graph(bb, xv, w, sw):
@@ -48,44 +47,60 @@ def _build_dense(target, m=64, k=256, n=96):
 
 
 def test_vnni_dense_micro_kernel_uses_vpdpbusd_on_zmm():
-    model, x, expected = _build_dense(None)
+    model, x, expected = _build_dense(isa.AVX512_VNNI)
     asm = asm_of(model)
     assert len(re.findall(r"vpdpbusd\s+[^\n]*%zmm", asm)) >= 8, "no zmm vpdpbusd in the micro-kernel"
     assert "vpmaddubsw" not in asm  # the saturating int16 path must never be used
+    isa.skip_unless_executable(isa.AVX512_VNNI)
     np.testing.assert_array_equal(model(x=x), expected)
 
 
-@pytest.mark.parametrize("cpu,layout", [("skylake-avx512", "pairs16x4"), ("skylake", "plain"), ("x86-64-v3", "plain")])
-def test_targets_without_vnni(cpu, layout):
-    """Skylake-X (AVX-512BW, no VNNI) gets the vpmaddwd micro-kernel; AVX2-only CPUs the plain
-    templates. This machine runs both instruction sets, so results are checked too."""
-    target = Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
+@pytest.mark.parametrize("target,layout,register", [
+    (isa.AVX512, "pairs16x2", "zmm"), (isa.AVX2, "pairs8x2", "ymm"),
+    ({"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2}, "pairs8x2", "ymm"),
+    ({"kind": "llvm", "mcpu": "x86-64-v2", "num-cores": 2}, "plain", None)])
+def test_targets_without_vnni(target, layout, register):
+    """Skylake-X (AVX-512BW, no VNNI) gets the vpmaddwd micro-kernel on zmm, AVX2 CPUs on ymm,
+    CPUs without AVX2 the plain templates; results checked wherever this CPU can run the code."""
+    target = Target(target)
     assert schedules.weight_layout(target) == layout
-    assert {"avx2", "fma", "avx512bw"} <= host_cpu_flags()
     model, x, expected = _build_dense(target)
     asm = asm_of(model)
     assert "vpdpbusd" not in asm and "pmaddubsw" not in asm  # no VNNI, never the saturating int16 sums
-    if layout == "pairs16x4":
-        assert len(re.findall(r"vpmaddwd\s+[^\n]*%zmm", asm)) >= 4, "no zmm vpmaddwd micro-kernel"
+    if register:
+        assert len(re.findall(rf"vpmaddwd\s+[^\n]*%{register}", asm)) >= 4, f"no {register} vpmaddwd micro-kernel"
+    if register != "zmm":
+        assert "%zmm" not in asm
+    isa.skip_unless_executable(target)
     np.testing.assert_array_equal(model(x=x), expected)
 
 
-def test_tunable_dense_template_samples_its_knobs_and_every_sample_is_valid():
+@pytest.mark.parametrize("layout,target", [("packed16x4", isa.AVX512_VNNI), ("pairs8x2", isa.AVX2),
+                                           ("pairs16x2", isa.AVX512)])
+def test_tunable_dense_template_samples_its_knobs_and_every_sample_is_valid(layout, target):
     m, k, n = 64, 512, 96
+    kernel = schedules.x86_vnni.DOT_KERNELS[layout]
     x = te.placeholder((m, k), "uint8", name="x")
-    wp = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="wp")
     m0, off, sh = (te.placeholder((n,), dt) for dt in ("int32", "int64", "int64"))
-    out = qdense_packed(x, wp, m0, off, sh, n_out=n, zero_point=0, lo=0, hi=255, out_dtype="uint8")
-    func = te.create_prim_func([x, wp, m0, off, sh, out]).with_attrs(
-        {"qcompiler.kernel": "dense", "qcompiler.layout": "packed16x4"})
-    target = Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": 2})
-    rule = schedules.X86VNNIKernels()
-    fixed = rule.apply(func, target, tunable=False)
-    assert not any(inst.kind.name == "SampleCategorical" for inst in fixed.trace.insts)
     rng = np.random.default_rng(0)
     xs = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    args = [xs, pack_dense_weight(w), np.full(n, 1 << 30, np.int32), np.full(n, 1 << 40, np.int64),
+    if layout == "packed16x4":
+        wp = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="wp")
+        out = qdense_packed(x, wp, m0, off, sh, n_out=n, zero_point=0, lo=0, hi=255, out_dtype="uint8")
+        packed = pack_dense_weight(w)
+    else:
+        lanes = kernel.lanes
+        wp = te.placeholder((n // lanes, k // 2, lanes, 2), "int16", name="wp")
+        out = qdense_packed_pairs(x, wp, m0, off, sh, n_out=n, zero_point=0, lo=0, hi=255, out_dtype="uint8")
+        packed = pack_dense_weight_pairs(w, lanes)
+    func = te.create_prim_func([x, wp, m0, off, sh, out]).with_attrs(
+        {"qcompiler.kernel": "dense", "qcompiler.layout": layout})
+    target = Target(target)
+    rule = schedules.X86VNNIKernels()
+    fixed = rule.apply(func, target, tunable=False)
+    assert not any(inst.kind.name == "SampleCategorical" for inst in fixed.trace.insts)
+    args = [xs, packed, np.full(n, 1 << 30, np.int32), np.full(n, 1 << 40, np.int64),
             np.full(n, 45, np.int64), np.zeros((m, n), np.uint8)]
     expected = np.clip(((xs.astype(np.int64) @ w) * (1 << 30) + (1 << 40)) >> 45, 0, 255).astype(np.uint8)
     spaces = rule.apply(func, target, tunable=True)
@@ -93,18 +108,20 @@ def test_tunable_dense_template_samples_its_knobs_and_every_sample_is_valid():
     for sch in spaces:
         samples = [inst for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
         assert len(samples) >= 2, "MR/NR (and K block) must be sampling instructions"
-    decisions = set()
+    decisions, libs = set(), []
     for seed in range(1, 9):
-        # resample: a fresh schedule with random decisions from the same template must build and be exact
+        # resample: a fresh schedule with random decisions from the same template must build (and be exact)
         sch = s_tir.Schedule(func, seed=seed)
         order = schedules.x86_vnni.DENSE_LOOP_ORDERS[seed % 2]
-        schedules.x86_vnni.schedule_dense_packed(sch, target, tunable=True, order=order)
+        schedules.x86_vnni.schedule_dense_packed(sch, target, tunable=True, order=order, kernel=kernel)
         decisions.add(tuple(int(v) for _, v in sorted(sch.trace.decisions.items(), key=lambda kv: str(kv[0]))))
-        lib = tvm.compile(sch.mod, target=target)
+        libs.append(tvm.compile(sch.mod, target=target))
+    assert len(decisions) >= 2, decisions
+    isa.skip_unless_executable(target)
+    for lib in libs:
         tensors = [tvm.runtime.tensor(a) for a in args]
         lib["main"](*tensors) if hasattr(lib, "__getitem__") else lib.jit()["main"](*tensors)
         np.testing.assert_array_equal(tensors[-1].numpy(), expected)
-    assert len(decisions) >= 2, decisions
 
 
 def test_avx_vnni_target_compiles_to_ymm_vpdpbusd():
@@ -118,19 +135,25 @@ def test_avx_vnni_target_compiles_to_ymm_vpdpbusd():
     assert re.search(r"vpdpbusd\s+[^\n]*%ymm", asm) and "%zmm" not in asm
 
 
+@pytest.mark.parametrize("target,layout", [(isa.AVX512_VNNI, "packed16x4"), (isa.AVX2, "pairs8x2")])
 @pytest.mark.parametrize("m,k,n", [(1, 768, 768), (7, 100, 33), (128, 3072, 768), (512, 3072, 64)])
-def test_dense_odd_and_k_blocked_shapes_bit_exact(m, k, n):
+def test_dense_odd_and_k_blocked_shapes_bit_exact(m, k, n, target, layout):
     """The issue's odd shapes and the two K-blocked paths (K's weight panel too large for L1): with
     all rows in one block (128x3072x768) and with two row blocks (512x3072x64)."""
-    blocks = schedules.x86_vnni.k_block_candidates
-    candidates = schedules.x86_vnni.prefer_whole_k(schedules.x86_vnni.dense_tile_candidates(m, -(-n // 16)), -(-k // 4))
+    xv = schedules.x86_vnni
+    kernel = xv.DOT_KERNELS[layout]
+    k_steps, n_blocks = -(-k // kernel.k_group), -(-n // kernel.lanes)
+    candidates = xv.prefer_whole_k(xv.dense_tile_candidates(m, n_blocks, kernel=kernel), k_steps, kernel.lanes)
     mr, nr = candidates[0]
-    k_blocked = blocks(-(-k // 4), nr)[0] != -(-k // 4)
+    k_blocked = xv.k_block_candidates(k_steps, nr, kernel.lanes)[0] != k_steps
     assert k_blocked == (k == 3072)
     if k_blocked:
-        rows = schedules.x86_vnni.row_block_candidates(m, [mr], nr)[0]
-        assert (m // rows) == (2 if m == 512 else 1)
-    model, x, expected = _build_dense(None, m, k, n)
+        rows = xv.row_block_candidates(m, [mr], nr, kernel.lanes)[0]
+        assert rows * nr * kernel.lanes * 4 <= xv.ROW_BLOCK_ACC_BYTES  # the partial sums stay in L1
+        if layout == "packed16x4":  # 16-lane blocks: 512 rows need two row blocks
+            assert (m // rows) == (2 if m == 512 else 1)
+    model, x, expected = _build_dense(target, m, k, n)
+    isa.skip_unless_executable(target)
     np.testing.assert_array_equal(model(x=x), expected)
 
 

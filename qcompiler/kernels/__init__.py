@@ -6,8 +6,9 @@ the function attributes ``qcompiler.kernel`` (op type) and ``qcompiler.layout`` 
 templates in ``schedules/`` can find them; block names ("acc", "requant", ...) are part of that
 contract.
 """
-from .conv2d import pack_conv_weight, qconv2d, qconv2d_packed, qdepthwise_conv2d_nhwc
-from .dense import (pack_dense_weight, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed,
+from .conv2d import (pack_conv_weight, pack_conv_weight_pairs, qconv2d, qconv2d_packed, qconv2d_packed_pairs,
+                     qdepthwise_conv2d_nhwc)
+from .dense import (pack_dense_weight, pack_dense_weight_pairs, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed,
                     qdense_packed_pairs)
 from .elementwise import qadd, qmul, requantize
 from .pool import qavg_pool2d
@@ -15,5 +16,5 @@ from .pool import qavg_pool2d
 KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, add, ...
 LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
 
-__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_dense_weight", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qconv2d", "qdense",
+__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_conv_weight_pairs", "qconv2d_packed_pairs", "pack_dense_weight", "pack_dense_weight_pairs", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qconv2d", "qdense",
            "qdense_packed", "qdense_packed_pairs", "qdepthwise_conv2d_nhwc", "qmul", "requantize"]

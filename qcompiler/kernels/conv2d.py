@@ -98,22 +98,59 @@ def _nhwc_epilogue(acc, channels: int, out_layout: str, *params, **kwargs):
                     *params, **kwargs)
 
 
-def _pad_nhwc(x, padding, strides, dilation, kernel, channels: int, pad_value: int):
-    """Stage "pad": NHWC x padded spatially with the zero point and along C (with 0) to ``channels``
-    (no stage at all when there is nothing to pad: 1x1 convs read x directly)."""
+def _pad_nhwc(x, padding, strides, dilation, kernel, channels: int, pad_value: int, dtype: str | None = None):
+    """Stage "pad": NHWC x padded spatially with the zero point and along C (with 0) to ``channels``,
+    converted to ``dtype`` (default x's; no stage at all when there is nothing to do: 1x1 convs
+    read x directly)."""
     n_dim, h_dim, w_dim, c_dim = (int(v) for v in x.shape)
+    dtype = dtype or str(x.dtype)
     pt, pl, pb, pr = padding
     hp, wpd = h_dim + pt + pb, w_dim + pl + pr
     oh = (hp - dilation[0] * (kernel[0] - 1) - 1) // strides[0] + 1
     ow = (wpd - dilation[1] * (kernel[1] - 1) - 1) // strides[1] + 1
-    if not (pt or pl or pb or pr) and channels == c_dim:
+    if not (pt or pl or pb or pr) and channels == c_dim and dtype == str(x.dtype):
         return x, oh, ow
 
     def padded(n, h, wi, c):
         inside = tirx.all(h >= pt, h < pt + h_dim, wi >= pl, wi < pl + w_dim, c < c_dim)
-        fill = tirx.if_then_else(c < c_dim, tirx.const(pad_value, x.dtype), tirx.const(0, x.dtype))
-        return tirx.if_then_else(inside, x[n, h - pt, wi - pl, tirx.min(c, c_dim - 1)], fill)
+        fill = tirx.if_then_else(c < c_dim, tirx.const(pad_value, dtype), tirx.const(0, dtype))
+        return tirx.if_then_else(inside, x[n, h - pt, wi - pl, tirx.min(c, c_dim - 1)].astype(dtype), fill)
     return te.compute((n_dim, hp, wpd, channels), padded, name="pad"), oh, ow
+
+
+def pack_conv_weight_pairs(w, lanes: int):
+    """numpy OIHW int8 [O, C, R, S] -> int16 [ceil(O/lanes), R, S, ceil(C/2), lanes, 2], zero padded:
+    the vpmaddwd micro-kernel's layout (``lanes`` output channels x 2 input channels per instruction)."""
+    import numpy as np
+    o_dim, c_dim, r_dim, s_dim = w.shape
+    op, cp = -(-o_dim // lanes) * lanes, -(-c_dim // 2) * 2
+    padded = np.zeros((op, cp, r_dim, s_dim), dtype=np.int16)
+    padded[:o_dim, :c_dim] = w
+    return np.ascontiguousarray(padded.reshape(op // lanes, lanes, cp // 2, 2, r_dim, s_dim).transpose(0, 4, 5, 2, 1, 3))
+
+
+def qconv2d_packed_pairs(x, wp, multiplier, offset, shift, *, out_channels: int, strides, padding, dilation,
+                         pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None,
+                         out_layout: str = "NHWC"):
+    """``qconv2d_packed`` for CPUs without VNNI: x [N, H, W, C] (u8/s8, NHWC), wp =
+    pack_conv_weight_pairs(w, lanes) -> NHWC (or NCHW) output.
+
+    Stage "pad" always runs: it pads with the zero point and widens x to int16 with channels rounded
+    up to 2, so ``vpmaddwd`` reads 2 input channels of one pixel as one broadcast int16 pair.
+    """
+    n_dim = int(x.shape[0])
+    ob, r_dim, s_dim, cq, lanes = (int(v) for v in wp.shape[:5])
+    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), cq * 2, pad_value, "int16")
+    sh, sw = strides
+    dh, dw = dilation
+    r = te.reduce_axis((0, r_dim), "r")
+    s = te.reduce_axis((0, s_dim), "s")
+    c = te.reduce_axis((0, cq * 2), "c")
+    acc = te.compute((n_dim, oh, ow, ob * lanes), lambda n, h, wi, k: te.sum(
+        xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32")
+        * wp[k // lanes, r, s, c // 2, k % lanes, c % 2].astype("int32"), axis=[r, s, c]), name="acc")
+    return _nhwc_epilogue(acc, out_channels, out_layout, multiplier, offset, shift, zero_point=zero_point, lo=lo,
+                          hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)
 
 
 def qdepthwise_conv2d_nhwc(x, wk, multiplier, offset, shift, *, strides, padding, dilation, pad_value: int,

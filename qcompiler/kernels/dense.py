@@ -135,26 +135,33 @@ def qbatch_matmul_packed(a, b, *, a_zero_point: int, b_zero_point: int, multipli
         zero_point, lo, hi, out_dtype), name="requant")
 
 
+def pack_dense_weight_pairs(w, lanes: int):
+    """numpy [K, N] int8 -> int16 [ceil(N/lanes), ceil(K/2), lanes, 2], zero padded: the vpmaddwd
+    micro-kernel's layout (one ``lanes`` x 2 int16 block per instruction, contiguous along K)."""
+    import numpy as np
+    k_dim, n_dim = w.shape
+    kp, np_ = -(-k_dim // 2) * 2, -(-n_dim // lanes) * lanes
+    padded = np.zeros((kp, np_), dtype=np.int16)
+    padded[:k_dim, :n_dim] = w
+    return np.ascontiguousarray(padded.reshape(kp // 2, 2, np_ // lanes, lanes).transpose(2, 0, 3, 1))
+
+
 def qdense_packed_pairs(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int,
                         lo, hi, out_dtype: str, out_scale=None, out_bias=None):
-    """``qdense_packed`` for CPUs without VNNI (vpmaddwd micro-kernel).
+    """x [M, K] (u8/s8), wp = pack_dense_weight_pairs(w, lanes) -> [M, n_out], for CPUs without VNNI.
 
-    vpmaddwd adds adjacent int16 products, so the accumulator keeps two partial sums per output,
-    acc[i, j, p] over the reduction steps k = 4*kq + 2*p + q, added in the epilogue.
+    Stage "widen" copies x into int16 [M, Kp] (K rounded up to 2, zero padded) once per call, so the
+    micro-kernel's ``vpmaddwd`` reads both operands as int16 pairs without converting them per
+    instruction; "acc" accumulates over N rounded up to ``lanes``. Epilogues as in ``qdense``.
     """
     m_dim, k_dim = (int(v) for v in x.shape)
-    nb, kb = int(wp.shape[0]), int(wp.shape[1])
-    kp = kb * PACK_K
-    xp = te.compute((m_dim, kp), lambda i, k: tirx.if_then_else(k < k_dim, x[i, tirx.min(k, k_dim - 1)],
-                                                                 tirx.const(0, x.dtype)), name="pad") \
-        if kp != k_dim else x
-    kq = te.reduce_axis((0, kb), "kq")
-    q = te.reduce_axis((0, 2), "q")
-    acc = te.compute((m_dim, nb * PACK_N, 2), lambda i, j, p: te.sum(
-        xp[i, kq * PACK_K + p * 2 + q].astype("int32")
-        * wp[j // PACK_N, kq, j % PACK_N, p * 2 + q].astype("int32"), axis=[kq, q]), name="acc")
-    pr = te.reduce_axis((0, 2), "pr")  # a reduction, not acc[.., 0] + acc[.., 1]: region analysis needs a var
-    pairs = te.compute((m_dim, nb * PACK_N), lambda i, j: te.sum(acc[i, j, pr], axis=pr), name="pair_sum")
-    value = _weight_zero_point_terms(pairs, x, k_dim, weight_zero_point)
+    nb, kq, lanes = (int(v) for v in wp.shape[:3])
+    kp = kq * 2
+    xw = te.compute((m_dim, kp), lambda i, k: tirx.if_then_else(
+        k < k_dim, x[i, tirx.min(k, k_dim - 1)].astype("int16"), tirx.const(0, "int16")), name="widen")
+    k = te.reduce_axis((0, kp), "k")
+    acc = te.compute((m_dim, nb * lanes), lambda i, j: te.sum(
+        xw[i, k].astype("int32") * wp[j // lanes, k // 2, j % lanes, k % 2].astype("int32"), axis=k), name="acc")
+    value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)
     return epilogue((m_dim, n_out), value, lambda i, j: j, multiplier, offset, shift, zero_point=zero_point, lo=lo,
                     hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)

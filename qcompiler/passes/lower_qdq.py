@@ -180,6 +180,19 @@ class _Lowerer(relax.PyExprMutator):
         return self.builder_.emit(self.builder_.call_te(
             fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs=attrs, **kwargs))
 
+    def _packed_weight(self, wq: np.ndarray, kind: str) -> tuple:
+        """(kernel function, packed weight constant) of the target's micro-kernel: int8 blocks of
+        16 x 4 for vpdpbusd, int16 blocks of lanes x 2 for vpmaddwd (``pairs8x2`` / ``pairs16x2``)."""
+        from schedules.x86_vnni import DOT_KERNELS  # the contract between packing and templates
+        kernel = DOT_KERNELS[self.weight_layout]
+        if self.weight_layout.startswith("pairs"):
+            if kind == "dense":
+                return kernels.qdense_packed_pairs, _int_const(kernels.pack_dense_weight_pairs(wq, kernel.lanes), "int16")
+            return kernels.qconv2d_packed_pairs, _int_const(kernels.pack_conv_weight_pairs(wq, kernel.lanes), "int16")
+        if kind == "dense":
+            return kernels.qdense_packed, _int_const(kernels.pack_dense_weight(wq), "int8")
+        return kernels.qconv2d_packed, _int_const(kernels.pack_conv_weight(wq), "int8")
+
     # ------------------------------------------------------------------ quantize(description)
     def _quantized(self, d, out: QParams, call: relax.Call) -> relax.Expr:
         if isinstance(d, Accumulator):
@@ -261,13 +274,13 @@ class _Lowerer(relax.PyExprMutator):
             else:
                 wzp = wzp[:, 0, 0, 0]
                 reduce_axes, k_size = (1, 2, 3), int(np.prod(wq.shape[1:]))
-            # VNNI micro-kernels: dense, conv2d without groups, depthwise (all without weight zero points);
-            # the conv ones work channels-last, NHWC in and out
-            vnni = self.weight_layout == "packed16x4" and not (d.kind == "conv2d" and np.any(wzp != 0))
+            # micro-kernels with packed weights (VNNI, or vpmaddwd without it): dense, conv2d without
+            # groups, depthwise (convs without weight zero points); the conv ones work channels-last,
+            # NHWC in and out
+            micro = self.weight_layout != "plain" and not (d.kind == "conv2d" and np.any(wzp != 0))
             depthwise = d.kind == "conv2d" and wq.shape[1] == 1 and d.attrs["groups"] == wq.shape[0] > 1
-            packed = (vnni and (d.kind == "dense" or d.attrs["groups"] == 1)) or (
-                d.kind == "dense" and self.weight_layout == "pairs16x4")
-            channels_last = vnni and d.kind == "conv2d" and (packed or depthwise)
+            packed = micro and (d.kind == "dense" or d.attrs["groups"] == 1)
+            channels_last = micro and d.kind == "conv2d" and (packed or depthwise)
             xi, za = self._int_tensor(x.source, "NHWC" if channels_last else "NCHW"), x.params.zero_point
             if packed:
                 xi, za = self._as_uint8(xi, za)
@@ -286,9 +299,8 @@ class _Lowerer(relax.PyExprMutator):
             if d.kind == "dense":
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
                 if packed:
-                    fn = kernels.qdense_packed_pairs if self.weight_layout == "pairs16x4" else kernels.qdense_packed
-                    y = self._kernel(fn, "dense", x2,
-                                     _int_const(kernels.pack_dense_weight(wq), "int8"), *params, **extra_args,
+                    fn, wp = self._packed_weight(wq, "dense")
+                    y = self._kernel(fn, "dense", x2, wp, *params, **extra_args,
                                      layout=self.weight_layout, n_out=wq.shape[1], **common)
                 else:
                     y = self._kernel(kernels.qdense, "dense", x2, _int_const(wq, "int8"), *params, **extra_args,
@@ -304,8 +316,8 @@ class _Lowerer(relax.PyExprMutator):
                                      **extra_args, layout="depthwise_nhwc", out_layout=out_layout, **geometry,
                                      **common)
                 else:
-                    y = self._kernel(kernels.qconv2d_packed, "conv2d", xi,
-                                     _int_const(kernels.pack_conv_weight(wq), "int8"), *params, **extra_args,
+                    fn, wp = self._packed_weight(wq, "conv2d")
+                    y = self._kernel(fn, "conv2d", xi, wp, *params, **extra_args,
                                      layout=self.weight_layout, out_channels=wq.shape[0], out_layout=out_layout,
                                      **geometry, **common)
                 return y if float_output else ChannelsLast(y)

@@ -38,6 +38,7 @@ def _compiled(lib_or_model, target, input_shapes, example_args):
     """(runtime module or None, metadata, source name) of a library path, CompiledModel or model."""
     from ..build import CompiledModel
     if isinstance(lib_or_model, CompiledModel):
+        lib_or_model.check_runnable()  # its kernels are about to be timed here
         return lib_or_model.executable.mod, lib_or_model.metadata, lib_or_model.metadata.get("source", "<model>")
     if isinstance(lib_or_model, (str, os.PathLike)) and str(lib_or_model).endswith(".so"):
         from ..runtime import load_library
@@ -45,6 +46,7 @@ def _compiled(lib_or_model, target, input_shapes, example_args):
         return module, metadata, str(lib_or_model)
     from ..api import compile as compile_model
     compiled = compile_model(lib_or_model, target=target, input_shapes=input_shapes, example_args=example_args)
+    compiled.check_runnable()
     source = str(lib_or_model) if isinstance(lib_or_model, (str, os.PathLike)) else compiled.metadata["source"]
     return compiled.executable.mod, compiled.metadata, source
 
