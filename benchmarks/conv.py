@@ -186,7 +186,7 @@ def run_layer(layer, args, runner: harness.Runner, suite: harness.Suite, impls: 
         if impl in ("qcompiler-qdq", "qcompiler-qdq-nhwc"):
             nhwc = impl.endswith("nhwc")
             so = wd / f"{tag}_{impl}.so"
-            error, secs = harness.compile_with_qcompiler(qdq_nhwc_path if nhwc else qdq_path, so)
+            error, secs = harness.compile_with_qcompiler(qdq_nhwc_path if nhwc else qdq_path, so, args.target)
             compiled = {"seconds": secs, "error": error, "compiler_sources_sha1": harness.compiler_fingerprint()}
             print(f"  {name:<24} {impl:<22} compiled in {secs:.1f} s" + (f": {error}" if error else ""))
             if error:
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
     header = (f"# int8 conv2d (H x W x C, R x S[/stride] -> K), N=1, {args.threads} threads, GOP/s = "
-              f"2*K*C/groups*R*S*OH*OW / median time; % peak of the {args.threads}-thread vpdpbusd peak measured "
+              f"2*K*C/groups*R*S*OH*OW / median time; % peak of the {args.threads}-thread int8 peak (the instruction of the target's kernels) measured "
               "now ({peak} GOP/s); vs best ORT = median / faster correct ORT form of that layer; "
               "load = other processes' CPU use")
     return harness.run_suite("conv", "int8 conv2d (N=1)", args, __file__, ORT_IMPLS, parse_layers(args.layers),

@@ -189,7 +189,7 @@ def run_shape(M: int, K: int, N: int, args, runner: harness.Runner, suite: harne
             else:
                 src, ref, tol = mmi_path, case["ref_bare"], 0
             so = wd / (src.stem + ".so")
-            error, secs = harness.compile_with_qcompiler(src, so)
+            error, secs = harness.compile_with_qcompiler(src, so, args.target)
             compiled = {"seconds": secs, "error": error, "compiler_sources_sha1": harness.compiler_fingerprint()}
             print(f"  {name:<24} {impl:<22} compiled in {secs:.1f} s" + (f": {error}" if error else ""))
             if error:
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
     header = (f"# int8 GEMM (M x K x N), {args.threads} threads, GOP/s = 2*M*N*K / median time; "
-              f"% peak of the {args.threads}-thread vpdpbusd peak measured now ({{peak}} GOP/s); "
+              f"% peak of the {args.threads}-thread int8 peak (the instruction of the target's kernels) measured now ({{peak}} GOP/s); "
               "vs best ORT = median / best correct ORT variant of that shape; load = other processes' CPU use")
     return harness.run_suite("gemm", "int8 GEMM", args, __file__, ORT_IMPLS, parse_shapes(args.shapes),
                              lambda shape, runner, suite: run_shape(*shape, args, runner, suite, impls),

@@ -641,8 +641,9 @@ def add_best(suite: "Suite", case: str, impl: str, ops: float, entries: list[dic
     return suite.add(case, impl, ops, best["result"], best["check"], config=best["config"], variants=entries)
 
 
-def compile_with_qcompiler(onnx_path: Path, so_path: Path) -> tuple[str | None, float]:
-    """qcompiler.compile in this (parent) process, not timed with the kernels; TVM's native stderr
+def compile_with_qcompiler(onnx_path: Path, so_path: Path, target=None) -> tuple[str | None, float]:
+    """qcompiler.compile for ``target`` (None: the host) in this (parent) process, not timed with
+    the kernels; TVM's native stderr
     chatter goes to a log file. Returns (error text or None, seconds). The sources' fingerprint at
     compile time is in compiler_fingerprint() (another session may be editing them)."""
     import qcompiler
@@ -654,7 +655,7 @@ def compile_with_qcompiler(onnx_path: Path, so_path: Path) -> tuple[str | None, 
         with open(log_path, "wb") as logf:
             os.dup2(logf.fileno(), 2)
             try:
-                qcompiler.compile(str(onnx_path), str(so_path))
+                qcompiler.compile(str(onnx_path), str(so_path), target=target)
                 error = None
             except Exception as err:  # noqa: BLE001 - the row reports it, the run goes on
                 lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
@@ -666,15 +667,30 @@ def compile_with_qcompiler(onnx_path: Path, so_path: Path) -> tuple[str | None, 
     return error, time.time() - t0
 
 
-def load_peak(threads: int, repeat: int, log=print) -> dict | None:
-    """Measure the vpdpbusd zmm peak on `threads` threads now (same run as the kernels)."""
+def peak_kind(target=None) -> str | None:
+    """The peak.py probe of the int8 instruction qcompiler's kernels use for ``target`` (None: the
+    host): vpdpbusd zmm on AVX-512 VNNI, vpmaddwd zmm on AVX-512BW, vpmaddwd ymm on AVX2."""
     import peak as _peak   # benchmarks/peak.py (this directory is on sys.path)
+    from qcompiler.target import cpu_class, resolve_target
+    cls = cpu_class(resolve_target(target))
+    kinds = _peak.CLASSES.get(cls.name) if cls else None
+    return kinds[0] if kinds else None
+
+
+def load_peak(threads: int, repeat: int, target=None, log=print) -> tuple[dict | None, str | None]:
+    """Measure the int8 peak of ``target``'s kernels on `threads` threads now (same run as the kernels):
+    (probe results, probe kind)."""
+    import peak as _peak
+    kind = peak_kind(target)
+    if kind is None:
+        log(f"no peak probe for target {target!r}; tables without % of peak")
+        return None, None
     try:
-        res = _peak.measure_peaks(threads=threads, kinds=("vnni",), per_cpu=False, repeat=repeat)
+        res = _peak.measure_peaks(threads=threads, kinds=(kind,), per_cpu=False, repeat=repeat)
     except Exception as err:  # noqa: BLE001 - the tables still print, without % of peak
         log(f"peak measurement failed: {err}")
-        return None
-    return res
+        return None, kind
+    return res, kind
 
 
 def fresh_workdir(keep: str | None) -> tuple[Path, object]:
@@ -699,6 +715,10 @@ def add_common_args(ap) -> None:
     ap.add_argument("--json", default=None, help="output JSON path (default benchmarks/results/<kind>-<host>.json)")
     ap.add_argument("--workdir", default=None, help="keep models/inputs/outputs here (default: a temp dir)")
     ap.add_argument("--only", default=None, help="comma-separated implementations to run (default: all)")
+    ap.add_argument("--target", default=None,
+                    help="qcompiler's target: a CPU class (x86-avx2, x86-avx512, x86-avx512-vnni, x86-avxvnni), an "
+                         "LLVM CPU or target JSON (default: this host); the peak is measured for the instruction "
+                         "that class's int8 kernels use. The host must be able to run it (AVX2 runs everywhere)")
 
 
 def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
@@ -712,10 +732,11 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
                     retries=args.retries, quiet_wait=args.quiet_wait)
     print(f"# {title}, {cpu_model()}, {args.threads} threads per implementation, {args.rounds} interleaved "
           f"round(s) of {args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
-    print("measuring the vpdpbusd zmm peak ...")
-    peaks = load_peak(args.threads, args.repeat)
     import peak as peak_mod
-    peak = peak_mod.peak_gops(peaks, args.threads)
+    print(f"qcompiler target: {args.target or 'host'}; measuring the peak of its int8 instruction "
+          f"({peak_mod.KINDS[peak_kind(args.target)][0] if peak_kind(args.target) else 'none'}) ...")
+    peaks, kind = load_peak(args.threads, args.repeat, args.target)
+    peak = peak_mod.peak_gops(peaks, args.threads, kind) if kind else None
     if peaks:
         peak_mod.print_peaks(peaks)
     return runner, Suite(kind, peak, ort_impls), peaks, keepalive

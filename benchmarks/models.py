@@ -1,8 +1,9 @@
-"""End-to-end latency of the test-zoo models: qcompiler (VNNI templates), qcompiler without VNNI
-(the plain tiled/vectorized templates, i.e. what the compiler did before the VNNI work, same CPU)
-and ONNX Runtime on the same quantized ONNX file. Each implementation in its own process, 2 threads.
+"""End-to-end latency of the test-zoo models: qcompiler built for each CPU class this host can run
+(default: the host itself and every named class below it, e.g. x86-avx512-vnni, x86-avx512 and
+x86-avx2 on a Zen 4), and ONNX Runtime on the same quantized ONNX file. Each implementation in its
+own process, 2 threads.
 
-    python benchmarks/models.py [--models cnn,transformer] [--repeat 15]
+    python benchmarks/models.py [--models cnn,transformer] [--target host,x86-avx2] [--repeat 15]
 """
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import harness  # noqa: E402  (benchmarks/harness.py)
 
 VARIANTS = {  # model -> zoo build kwargs (the peers' best int8 form on x86: uint8 activations)
     "cnn": dict(quant_format="qdq", activation="uint8", per_channel=True, op_types="all"),
     "transformer": dict(quant_format="qdq", activation="uint8", per_channel=True, op_types=("MatMul",)),
-}
-TARGETS = {  # implementation -> qcompiler target (None: host)
-    "qcompiler-vnni": None,
-    "qcompiler-no-vnni": "NO_VNNI",
 }
 
 WORKER = r"""
@@ -65,14 +64,18 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="cnn,transformer")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--target", default=None,
+                    help="comma-separated targets to build for (host, a CPU class such as x86-avx2, an LLVM CPU); "
+                         "default: host and every CPU class this host can run")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "models-vm.json"))
     args = ap.parse_args(argv)
     import model_zoo as mz
     import qcompiler
-    from qcompiler.target import host_target
-    host = host_target()
-    no_vnni = {"kind": "llvm", "mcpu": str(host.attrs["mcpu"]), "mattr": ["-avx512vnni", "-avxvnni"],
-               "num-cores": int(host.attrs["num-cores"])}
+    from qcompiler.target import PRESETS, can_run
+    names = args.target.split(",") if args.target else ["host"] + [c for c in PRESETS if can_run(c)]
+    for name in names:
+        if not can_run(name):  # never run code this CPU lacks features for
+            raise SystemExit(f"--target {name}: this CPU cannot run code built for it")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -81,17 +84,18 @@ def main(argv=None) -> int:
             inputs = tmp / f"{name}_inputs.npz"
             np.savez(inputs, **zm.make_inputs(1, seed=3)[0])
             libs = {"onnxruntime": str(zm.quant_path)}
-            for impl, target in TARGETS.items():
-                lib = tmp / f"{name}_{impl}.so"
-                qcompiler.compile(str(zm.quant_path), lib, target=no_vnni if target == "NO_VNNI" else target)
-                libs[impl] = str(lib)
+            for target in names:
+                lib = tmp / f"{name}_qcompiler-{target}.so"
+                qcompiler.compile(str(zm.quant_path), lib, target=None if target == "host" else target)
+                libs[f"qcompiler-{target}"] = str(lib)
             for impl, path in libs.items():
                 t = measure(impl, path, str(inputs), args.threads, args.repeat) * 1e3
                 results.append(dict(model=name, impl=impl, median_ms=float(np.median(t)), min_ms=float(t.min()),
                                     max_ms=float(t.max()), times_ms=t.tolist()))
-                print(f"{name:12s} {impl:18s} median {np.median(t):8.4f} ms  [{t.min():.4f}-{t.max():.4f}]", flush=True)
+                print(f"{name:12s} {impl:26s} median {np.median(t):8.4f} ms  [{t.min():.4f}-{t.max():.4f}]", flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(dict(threads=args.threads, results=results), indent=1))
+    Path(args.json).write_text(json.dumps(dict(threads=args.threads, cpu=harness.cpu_model(),
+                                               results=results), indent=1))
     print(f"wrote {args.json}")
     return 0
 

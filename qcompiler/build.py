@@ -27,7 +27,7 @@ from .op_summary import summarize_ops
 from .roofline.inventory import kernel_inventory
 from .runtime import Model
 from .signature import ModelSignature
-from .target import required_features, resolve_target
+from .target import cpu_class, required_features, resolve_target
 
 
 def lower_to_integer(mod: tvm.IRModule, target) -> tvm.IRModule:
@@ -100,6 +100,7 @@ def build(mod: tvm.IRModule, signature: ModelSignature, target=None, *, source: 
         "target": str(target),
         "cpu": str(target.attrs.get("mcpu", "")),
         "required_cpu_features": required_features(target),
+        "cpu_class": getattr(cpu_class(target), "name", None),  # e.g. "x86-avx2": where this library runs
         "versions": _versions(),
         "ops": summary,
         "kernels": [kernel.to_json() for kernel in kernels],

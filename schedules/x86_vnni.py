@@ -22,7 +22,8 @@ from tvm.s_tir import dlight
 from tvm.target import codegen
 
 from . import intrin_x86
-from .cpu_common import find_block, fuse_epilogue, kernel_key, loop_extent, parallel_vectorize_spatial
+from .cpu_common import (find_block, fuse_epilogue, kernel_key, loop_extent, parallel_vectorize_spatial,
+                         vectorize_epilogue)
 
 MAX_TILE_BYTES = 1024  # LowerTVMBuiltin keeps constant allocations below this on the stack
 
@@ -244,7 +245,7 @@ def _vectorize_channels_epilogue(sch: s_tir.Schedule, out) -> None:
         sch.unroll(loop)
 
 
-def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = False) -> None:
+def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = False, kernel: DotKernel = VNNI) -> None:
     """Per batch, the dense micro-kernel over a B packed at run time; the epilogue needs the row and
     column sums (zero points of both activations), so it runs as its own vectorized parallel stage."""
     acc = sch.get_sblock("acc")
@@ -261,6 +262,28 @@ def schedule_batch_matmul_packed(sch: s_tir.Schedule, target, tunable: bool = Fa
         block = find_block(sch, name)
         if block is not None:
             parallel_vectorize_spatial(sch, block)
+
+
+def schedule_batch_matmul_pairs(sch: s_tir.Schedule, target, tunable: bool = False,
+                                kernel: DotKernel = PAIRS_YMM) -> None:
+    """Per batch, the vpmaddwd micro-kernel over operands widened (zero points subtracted) at run
+    time; the accumulator is the exact sum, so the requantize epilogue runs on each finished tile."""
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
+    b, i, j, k = sch.get_loops(acc)
+    candidates = dense_tile_candidates(loop_extent(sch, i), loop_extent(sch, j) // kernel.lanes, kernel=kernel)
+    mr, nr, _ = _tile_knobs(sch, candidates or [(1, 1)], tunable)
+    io, ii = sch.split(i, [None, mr])
+    jo, jb, ji = sch.split(j, [None, nr, kernel.lanes])
+    ko, ki = sch.split(k, [None, kernel.k_group])
+    sch.reorder(b, jo, io, ko, ii, jb, ji, ki)
+    tile = sch.fuse(b, jo, io)
+    sch.parallel(tile)
+    sch.reverse_compute_at(out, tile)
+    vectorize_epilogue(sch, out, tile)
+    init = sch.decompose_reduction(acc, ko)
+    _finish_micro_kernel(sch, init, ii, jb, ji, target, kernel)
+    for name in ("pack_b", "widen"):
+        parallel_vectorize_spatial(sch, sch.get_sblock(name))
 
 
 def depthwise_tile_candidates(out_width: int, channels: int, lanes: int = 16,
@@ -306,6 +329,8 @@ TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("dense", "pairs8x2
              ("dense", "pairs16x2"): schedule_dense_packed, ("conv2d", "packed16x4"): schedule_conv2d_packed,
              ("conv2d", "pairs8x2"): schedule_conv2d_packed, ("conv2d", "pairs16x2"): schedule_conv2d_packed,
              ("batch_matmul", "packed16x4"): schedule_batch_matmul_packed,
+             ("batch_matmul", "pairs8x2"): schedule_batch_matmul_pairs,
+             ("batch_matmul", "pairs16x2"): schedule_batch_matmul_pairs,
              ("conv2d", "depthwise_nhwc"): schedule_depthwise_nhwc}
 
 

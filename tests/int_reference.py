@@ -1,26 +1,41 @@
-"""NumPy statement of qcompiler's integer semantics, written independently of the TE kernels.
+"""NumPy statement of qcompiler's integer semantics, written independently of the product.
 
-Every integer kernel must match these bit for bit. Real multipliers become (M0, shift) by
-``quantize_multiplier`` (the fixed-point spec); everything else here is plain int64 numpy.
+Every integer kernel must match these bit for bit. Each rescale rounds the exact product once,
+half up: floor(acc * r + 1/2), where r is the real scale as a float64 (the tests compute it from
+the float32 scales the way the model defines it) taken as the exact rational it is
+(``fractions.Fraction``); accumulators are Python integers, so nothing here is approximate.
+No qcompiler code is used: how the kernels reach these values (fixed-point multipliers, shifts,
+offsets) is theirs to get right.
 """
 from __future__ import annotations
 
-import numpy as np
+from fractions import Fraction
 
-from qcompiler.quant.fixed_point import quantize_multiplier
+import numpy as np
 
 RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
 
-def fixed_point_round(acc: np.ndarray, real, axis: int = -1) -> np.ndarray:
-    """round_half_up(acc * real) with real as M0 * 2^-s (per channel along ``axis`` or scalar)."""
-    fp = quantize_multiplier(real)
+def _as_object(v) -> np.ndarray:
+    """int64 values as Python integers (exact, unbounded arithmetic)."""
+    return np.asarray(v, dtype=np.int64).astype(object)
+
+
+def _floor(num: np.ndarray, den: int) -> np.ndarray:
+    return np.asarray(num // den, dtype=object).astype(np.int64)
+
+
+def round_half_up(acc: np.ndarray, real, axis: int = -1, divisor: int = 1) -> np.ndarray:
+    """floor(acc * real / divisor + 1/2), exactly; ``real`` scalar or per channel along ``axis``."""
+    acc = _as_object(acc)
+    reals = np.atleast_1d(np.asarray(real, dtype=np.float64))
     shape = [1] * acc.ndim
-    if fp.multiplier.size > 1:
-        shape[axis] = fp.multiplier.size
-    m0 = fp.multiplier.reshape(shape if fp.multiplier.size > 1 else ())
-    s = fp.shift.reshape(shape if fp.shift.size > 1 else ())
-    return (acc.astype(np.int64) * m0 + (np.int64(1) << (s - 1))) >> s
+    if reals.size > 1:
+        shape[axis] = reals.size
+    ratios = [Fraction(float(r)) / divisor for r in reals]
+    num = np.array([f.numerator for f in ratios], dtype=object).reshape(shape if reals.size > 1 else ())
+    den = np.array([f.denominator for f in ratios], dtype=object).reshape(shape if reals.size > 1 else ())
+    return np.asarray((2 * acc * num + den) // (2 * den), dtype=object).astype(np.int64)
 
 
 def saturate(v: np.ndarray, zero_point: int, dtype: str, lo: int | None = None, hi: int | None = None) -> np.ndarray:
@@ -32,7 +47,7 @@ def saturate(v: np.ndarray, zero_point: int, dtype: str, lo: int | None = None, 
 def qdense(x, zx, w, zw, bias, real, zo, dtype, lo=None, hi=None):
     """x [M, K], w [K, N] (zw per column), bias int [N], real [N] -> quantized [M, N]."""
     acc = (x.astype(np.int64) - zx) @ (w.astype(np.int64) - np.asarray(zw, np.int64)) + np.asarray(bias, np.int64)
-    return saturate(fixed_point_round(acc, real, axis=1), zo, dtype, lo, hi)
+    return saturate(round_half_up(acc, real, axis=1), zo, dtype, lo, hi)
 
 
 def conv2d_acc(x, zx, w, zw, strides, padding, dilation, groups):
@@ -59,16 +74,30 @@ def conv2d_acc(x, zx, w, zw, strides, padding, dilation, groups):
 
 def qconv2d(x, zx, w, zw, bias, real, zo, dtype, strides, padding, dilation, groups, lo=None, hi=None):
     acc = conv2d_acc(x, zx, w, zw, strides, padding, dilation, groups) + np.asarray(bias, np.int64).reshape(1, -1, 1, 1)
-    return saturate(fixed_point_round(acc, real, axis=1), zo, dtype, lo, hi)
+    return saturate(round_half_up(acc, real, axis=1), zo, dtype, lo, hi)
 
 
 def qadd(a, za, ra, b, zb, rb, zo, dtype, lo=None, hi=None):
-    """One rounding of ra*(a-za) + rb*(b-zb), both multipliers sharing the shift of the larger."""
-    shift = int(quantize_multiplier(max(abs(ra), abs(rb))).shift[0])
-    ma, mb = int(round(ra * 2.0 ** shift)), int(round(rb * 2.0 ** shift))
-    v = (a.astype(np.int64) - za) * ma + (b.astype(np.int64) - zb) * mb + (1 << (shift - 1))
-    return saturate(v >> shift, zo, dtype, lo, hi)
+    """One rounding of ra*(a - za) + rb*(b - zb) (rb negative for a subtraction), broadcasting a and b."""
+    fa, fb = Fraction(float(ra)), Fraction(float(rb))
+    den = fa.denominator * fb.denominator
+    num = ((_as_object(a) - za) * (fa.numerator * fb.denominator)
+           + (_as_object(b) - zb) * (fb.numerator * fa.denominator))
+    return saturate(_floor(2 * num + den, 2 * den), zo, dtype, lo, hi)
+
+
+def qmul(a, za, b, zb, real, zo, dtype, lo=None, hi=None):
+    """One rounding of real * (a - za) * (b - zb), real = s_a * s_b / s_out."""
+    acc = (a.astype(np.int64) - za) * (b.astype(np.int64) - zb)
+    return saturate(round_half_up(acc, real), zo, dtype, lo, hi)
 
 
 def requantize(x, zx, real, zo, dtype, lo=None, hi=None):
-    return saturate(fixed_point_round(x.astype(np.int64) - zx, real), zo, dtype, lo, hi)
+    """One rounding of real * (x - zx), real = s_x / s_out."""
+    return saturate(round_half_up(x.astype(np.int64) - zx, real), zo, dtype, lo, hi)
+
+
+def avg_pool(window_sum, count, real, zo, dtype, lo=None, hi=None):
+    """One rounding of the window mean rescaled: real * window_sum / count, real = s_x / s_out (the
+    division by the window size is exact, not part of the float64 scale)."""
+    return saturate(round_half_up(window_sum, real, divisor=count), zo, dtype, lo, hi)

@@ -52,6 +52,12 @@ CALIB_BATCHES = 16
 TRANSFORMER_MATMUL: tuple[str, ...] = ("MatMul",)
 TRANSFORMER_MATMUL_ADD: tuple[str, ...] = ("MatMul", "Add")
 
+#: The CNN with 7-bit weights (``reduce_range=True``, weights in [-64, 64]): ONNX Runtime's int8 kernels
+#: are exact on it on every x86 CPU (without VNNI their vpmaddubsw pair sums cannot saturate), so tests
+#: can compare with ORT everywhere. ORT recommends this for AVX2 CPUs.
+REDUCE_RANGE_CNN: dict = dict(quant_format="qdq", activation="uint8", per_channel=True, op_types="all",
+                              reduce_range=True)
+
 # Default ``op_types`` per model: "all" lets ORT quantize every op it knows how to.
 _DEFAULT_OP_TYPES: dict[str, Sequence[str] | Literal["all"]] = {
     "mlp": "all",
@@ -264,11 +270,13 @@ def variant_name(
     activation: str = "uint8",
     per_channel: bool = True,
     op_types: Sequence[str] | Literal["all"] = "all",
+    reduce_range: bool = False,
 ) -> str:
-    """File-name tag of a quantization variant, e.g. ``qdq_u8_pc_all`` or ``qoperator_s8_pt_matmul-add``."""
+    """File-name tag of a quantization variant, e.g. ``qdq_u8_pc_all``, ``qoperator_s8_pt_matmul-add`` or
+    ``qdq_u8_pc_all_rr`` (7-bit weights)."""
     ops = "all" if op_types == "all" else "-".join(o.lower() for o in op_types)
     act = {"uint8": "u8", "int8": "s8"}[activation]
-    return f"{quant_format}_{act}_{'pc' if per_channel else 'pt'}_{ops}"
+    return f"{quant_format}_{act}_{'pc' if per_channel else 'pt'}_{ops}" + ("_rr" if reduce_range else "")
 
 
 def build(
@@ -279,6 +287,7 @@ def build(
     activation: Literal["uint8", "int8"] = "uint8",
     per_channel: bool = True,
     op_types: Sequence[str] | Literal["all"] | None = None,
+    reduce_range: bool = False,
 ) -> ZooModel:
     """Build (or reuse from ``out_dir``) the fp32 and int8 ONNX files of zoo model ``name``.
 
@@ -295,6 +304,7 @@ def build(
     - ``op_types``: op types to quantize. ``"all"`` lets ORT quantize everything it supports;
       a list restricts it (e.g. ``TRANSFORMER_MATMUL``, ``TRANSFORMER_MATMUL_ADD``). ``None``
       means the model's default: ``"all"`` for mlp/cnn, ``["MatMul"]`` for the transformer.
+    - ``reduce_range``: 7-bit weights ([-64, 64]) instead of 8-bit (see ``REDUCE_RANGE_CNN``).
 
     Calibration: MinMax over ``CALIB_BATCHES`` batches from ``make_inputs(name, ..., CALIB_SEED)``;
     test inputs from other seeds may exceed the calibrated ranges a little and saturate, as in
@@ -313,7 +323,7 @@ def build(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    variant = variant_name(quant_format, activation, per_channel, op_types)
+    variant = variant_name(quant_format, activation, per_channel, op_types, reduce_range)
     fp32_path = out_dir / f"{name}_fp32.onnx"
     prep_path = out_dir / f"{name}_fp32_prep.onnx"
     quant_path = out_dir / f"{name}_{variant}.onnx"
@@ -325,7 +335,8 @@ def build(
     if not quant_path.exists():
         _atomic_write(
             quant_path,
-            lambda tmp: _quantize(name, prep_path, tmp, quant_format, activation, per_channel, op_types),
+            lambda tmp: _quantize(name, prep_path, tmp, quant_format, activation, per_channel, op_types,
+                                  reduce_range),
         )
 
     return ZooModel(
@@ -447,8 +458,10 @@ def quantize(
     activation: str = "uint8",
     per_channel: bool = True,
     op_types: Sequence[str] | Literal["all"] = "all",
+    reduce_range: bool = False,
 ) -> None:
-    """``quantize_static`` with MinMax calibration over ``calib_feeds``; weights always QInt8."""
+    """``quantize_static`` with MinMax calibration over ``calib_feeds``; weights always QInt8 (7-bit with
+    ``reduce_range``)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with _quiet():
@@ -459,13 +472,15 @@ def quantize(
             activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=None if op_types == "all" else list(op_types),
+            reduce_range=reduce_range,
         )
 
 
-def _quantize(name, prep_path, path, quant_format, activation, per_channel, op_types) -> None:
+def _quantize(name, prep_path, path, quant_format, activation, per_channel, op_types, reduce_range) -> None:
     quantize(
         prep_path, path, make_inputs(name, CALIB_BATCHES, CALIB_SEED),
         quant_format=quant_format, activation=activation, per_channel=per_channel, op_types=op_types,
+        reduce_range=reduce_range,
     )
 
 

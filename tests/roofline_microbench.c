@@ -1,13 +1,20 @@
 /* Independent check of the roofline ceilings (tests/test_roofline.py), written without TVM.
 
-   usage: roofline_microbench <vnni|fma|triad> <threads> <size> <repeats>
-     vnni  : <size> iterations of 12 independent vpdpbusd zmm per thread (128 int8 ops each)
-     fma   : <size> iterations of 12 independent vfmadd231ps zmm per thread (32 fp32 ops each)
-     triad : a[i] = b[i] + 3 c[i] over <size> doubles per array, split over the threads (STREAM:
-             24 bytes counted per element)
-   Prints one rate per repeat: GOP/s for vnni/fma, GB/s for triad. Threads start together after a
-   barrier; a repeat's time runs from the first thread's start to the last thread's end, both read
-   by the workers (the main thread may be descheduled when the barrier opens). */
+   usage: roofline_microbench <mode> <threads> <size> <repeats>
+     vpdpbusd-zmm : <size> iterations of 12 independent vpdpbusd zmm per thread (128 int8 ops each; AVX-512 VNNI)
+     vpmaddwd-zmm : <size> iterations of 12 independent vpmaddwd zmm + vpaddd per thread (64 ops; AVX-512BW)
+     fma-zmm      : <size> iterations of 12 independent vfmadd231ps zmm per thread (32 fp32 ops; AVX-512F)
+     vpmaddwd-ymm : <size> iterations of 12 independent vpmaddwd ymm + vpaddd per thread (32 ops; AVX2)
+     fma-ymm      : <size> iterations of 12 independent vfmadd231ps ymm per thread (16 fp32 ops; FMA)
+     triad        : a[i] = b[i] + 3 c[i] over <size> doubles per array, split over the threads (STREAM:
+                    24 bytes counted per element)
+   Prints one rate per repeat: GOP/s for the compute modes, GB/s for triad. Threads start together
+   after a barrier; a repeat's time runs from the first thread's start to the last thread's end, both
+   read by the workers (the main thread may be descheduled when the barrier opens).
+
+   A mode whose instructions this CPU lacks exits with status 3 before running anything: the caller
+   checks the CPU first, this is the second line of defence against SIGILL. Built with plain -O2 (no
+   -m flags), so the C parts use only baseline x86-64 instructions on every host. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -21,32 +28,86 @@ static double seconds(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-/* Inline asm keeps exactly 12 accumulator chains in zmm0-11 (compilers may add register copies
-   around intrinsics); zmm12/zmm13 are the operands. */
+/* Inline asm keeps exactly 12 accumulator chains in registers 0-11 (compilers may add register
+   copies around intrinsics); registers 12/13 are the operands, 14/15 the vpmaddwd products. With
+   ymm that is all 16 registers AVX2 has, and nothing spills. The products of vpmaddwd do not depend
+   on the accumulators, so every chain is one vpaddd (latency 1) deep: the loop runs at the
+   multiplier's throughput. */
 #define X12(op) op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11)
-#define VNNI(i) "vpdpbusd %%zmm13, %%zmm12, %%zmm" #i "\n\t"
-#define FMA(i) "vfmadd231ps %%zmm13, %%zmm12, %%zmm" #i "\n\t"
-#define ZERO(i) "vpxord %%zmm" #i ", %%zmm" #i ", %%zmm" #i "\n\t"
-#define REGS "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", \
-             "zmm12", "zmm13"
+#define DPBUSD_Z(i) "vpdpbusd %%zmm13, %%zmm12, %%zmm" #i "\n\t"
+#define FMA_Z(i) "vfmadd231ps %%zmm13, %%zmm12, %%zmm" #i "\n\t"
+#define FMA_Y(i) "vfmadd231ps %%ymm13, %%ymm12, %%ymm" #i "\n\t"
+#define ZERO_Z(i) "vpxord %%zmm" #i ", %%zmm" #i ", %%zmm" #i "\n\t"
+#define ZERO_Y(i) "vpxor %%ymm" #i ", %%ymm" #i ", %%ymm" #i "\n\t"
+#define ZMM "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", \
+            "zmm12", "zmm13", "zmm14", "zmm15"
+#define YMM "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", "ymm8", "ymm9", "ymm10", "ymm11", \
+            "ymm12", "ymm13", "ymm14", "ymm15"
+/* vpmaddwd into the product register of chain i's parity, then add it to accumulator i */
+#define PAIR_Z(i, p) "vpmaddwd %%zmm13, %%zmm12, %%zmm" #p "\n\t vpaddd %%zmm" #p ", %%zmm" #i ", %%zmm" #i "\n\t"
+#define PAIR_Y(i, p) "vpmaddwd %%ymm13, %%ymm12, %%ymm" #p "\n\t vpaddd %%ymm" #p ", %%ymm" #i ", %%ymm" #i "\n\t"
+#define PAIRS(P) P(0, 14) P(1, 15) P(2, 14) P(3, 15) P(4, 14) P(5, 15) P(6, 14) P(7, 15) P(8, 14) P(9, 15) \
+                 P(10, 14) P(11, 15)
 
-static void vnni_loop(long n) {
-    static const int ones[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-    __asm__ volatile("vmovdqu32 (%[o]), %%zmm12\n\t vmovdqu32 (%[o]), %%zmm13\n\t" X12(ZERO)
-                     "1:\n\t" X12(VNNI) "dec %[n]\n\t jnz 1b\n\t"
-                     : [n] "+r"(n) : [o] "r"(ones) : REGS, "cc", "memory");
+static const int ONES[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+static const float SMALL[16] = {1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f,
+                                1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f};
+
+static void vpdpbusd_zmm(long n) {
+    __asm__ volatile("vmovdqu32 (%[o]), %%zmm12\n\t vmovdqu32 (%[o]), %%zmm13\n\t" X12(ZERO_Z)
+                     "1:\n\t" X12(DPBUSD_Z) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
+                     : [n] "+r"(n) : [o] "r"(ONES) : ZMM, "cc", "memory");
 }
 
-static void fma_loop(long n) {
-    static const float small[16] = {1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f,
-                                    1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f};
-    __asm__ volatile("vmovups (%[o]), %%zmm12\n\t vmovups (%[o]), %%zmm13\n\t" X12(ZERO)
-                     "1:\n\t" X12(FMA) "dec %[n]\n\t jnz 1b\n\t"
-                     : [n] "+r"(n) : [o] "r"(small) : REGS, "cc", "memory");
+static void vpmaddwd_zmm(long n) {
+    __asm__ volatile("vmovdqu32 (%[o]), %%zmm12\n\t vmovdqu32 (%[o]), %%zmm13\n\t" X12(ZERO_Z)
+                     "1:\n\t" PAIRS(PAIR_Z) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
+                     : [n] "+r"(n) : [o] "r"(ONES) : ZMM, "cc", "memory");
+}
+
+static void fma_zmm(long n) {
+    __asm__ volatile("vmovups (%[o]), %%zmm12\n\t vmovups (%[o]), %%zmm13\n\t" X12(ZERO_Z)
+                     "1:\n\t" X12(FMA_Z) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
+                     : [n] "+r"(n) : [o] "r"(SMALL) : ZMM, "cc", "memory");
+}
+
+static void vpmaddwd_ymm(long n) {
+    __asm__ volatile("vmovdqu (%[o]), %%ymm12\n\t vmovdqu (%[o]), %%ymm13\n\t" X12(ZERO_Y)
+                     "1:\n\t" PAIRS(PAIR_Y) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
+                     : [n] "+r"(n) : [o] "r"(ONES) : YMM, "cc", "memory");
+}
+
+static void fma_ymm(long n) {
+    __asm__ volatile("vmovups (%[o]), %%ymm12\n\t vmovups (%[o]), %%ymm13\n\t" X12(ZERO_Y)
+                     "1:\n\t" X12(FMA_Y) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
+                     : [n] "+r"(n) : [o] "r"(SMALL) : YMM, "cc", "memory");
 }
 
 typedef struct {
-    const char *mode;
+    const char *name;
+    void (*loop)(long);
+    double ops_per_iteration;                 /* 12 instructions x ops per instruction */
+    int (*supported)(void);
+    const char *feature;
+} bench_mode;
+
+static int has_avx512vnni(void) { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni"); }
+static int has_avx512bw(void) { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"); }
+static int has_avx512f(void) { return __builtin_cpu_supports("avx512f"); }
+static int has_avx2(void) { return __builtin_cpu_supports("avx2"); }
+static int has_fma(void) { return __builtin_cpu_supports("avx") && __builtin_cpu_supports("fma"); }
+
+static const bench_mode MODES[] = {
+    {"vpdpbusd-zmm", vpdpbusd_zmm, 12.0 * 128, has_avx512vnni, "avx512vnni"},
+    {"vpmaddwd-zmm", vpmaddwd_zmm, 12.0 * 64, has_avx512bw, "avx512bw"},
+    {"fma-zmm", fma_zmm, 12.0 * 32, has_avx512f, "avx512f"},
+    {"vpmaddwd-ymm", vpmaddwd_ymm, 12.0 * 32, has_avx2, "avx2"},
+    {"fma-ymm", fma_ymm, 12.0 * 16, has_fma, "fma"},
+    {"triad", NULL, 0, NULL, NULL},
+};
+
+typedef struct {
+    const bench_mode *mode;
     long size, begin, end;
     double *a, *b, *c;
     pthread_barrier_t *barrier;
@@ -57,10 +118,8 @@ static void *worker(void *arg) {
     job_t *job = arg;
     pthread_barrier_wait(job->barrier);
     job->started = seconds();
-    if (!strcmp(job->mode, "vnni")) {
-        vnni_loop(job->size);
-    } else if (!strcmp(job->mode, "fma")) {
-        fma_loop(job->size);
+    if (job->mode->loop) {
+        job->mode->loop(job->size);
     } else {
         double *restrict a = job->a, *restrict b = job->b, *restrict c = job->c;
         for (long i = job->begin; i < job->end; i++) a[i] = b[i] + 3.0 * c[i];
@@ -69,16 +128,28 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static const bench_mode *find_mode(const char *name) {
+    for (size_t i = 0; i < sizeof MODES / sizeof MODES[0]; i++)
+        if (!strcmp(MODES[i].name, name)) return &MODES[i];
+    return NULL;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s <vnni|fma|triad> <threads> <size> <repeats>\n", argv[0]);
+    const bench_mode *mode = argc == 5 ? find_mode(argv[1]) : NULL;
+    if (!mode) {
+        fprintf(stderr, "usage: %s <vpdpbusd-zmm|vpmaddwd-zmm|fma-zmm|vpmaddwd-ymm|fma-ymm|triad> "
+                        "<threads> <size> <repeats>\n", argv[0]);
         return 2;
     }
-    const char *mode = argv[1];
+    if (mode->supported && !mode->supported()) {
+        fprintf(stderr, "%s: this CPU lacks %s\n", mode->name, mode->feature);
+        return 3;
+    }
     int threads = atoi(argv[2]), repeats = atoi(argv[4]);
     long size = atol(argv[3]);
+    if (threads < 1 || threads > 64) return 2;
     double *a = NULL, *b = NULL, *c = NULL;
-    if (!strcmp(mode, "triad")) {
+    if (!mode->loop) {
         a = malloc(size * sizeof(double));
         b = malloc(size * sizeof(double));
         c = malloc(size * sizeof(double));
@@ -101,11 +172,8 @@ int main(int argc, char **argv) {
             if (jobs[t].done > end) end = jobs[t].done;
         }
         pthread_barrier_destroy(&barrier);
-        double rate;
-        if (!strcmp(mode, "vnni")) rate = 12.0 * 128 * size * threads / (end - start) / 1e9;
-        else if (!strcmp(mode, "fma")) rate = 12.0 * 32 * size * threads / (end - start) / 1e9;
-        else rate = 24.0 * size / (end - start) / 1e9;
-        printf("%.3f\n", rate);
+        double work = mode->loop ? mode->ops_per_iteration * size * threads : 24.0 * size;
+        printf("%.3f\n", work / (end - start) / 1e9);
     }
     return 0;
 }

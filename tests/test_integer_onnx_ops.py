@@ -1,4 +1,6 @@
-"""ONNX integer ops (MatMulInteger, ConvInteger) and dynamic shapes, compiled and run against ORT."""
+"""ONNX integer ops (MatMulInteger, ConvInteger) and dynamic shapes, compiled and run against the exact
+reference (tests/exact_reference.py) on every CPU, and against ONNX Runtime where ORT is exact (VNNI CPUs:
+without VNNI its u8 x s8 kernels saturate int16 pair sums)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +9,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import exact_reference as er
+import isa
 import qcompiler
 from qcompiler.examples import example_path
 
@@ -18,8 +22,13 @@ def _save(nodes, inputs, outputs, inits, path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
 
 
-def _ort(path, feeds):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+def assert_exact(ours: np.ndarray, model, feeds: dict) -> None:
+    """``ours`` equals the exact reference's first output, and ORT's where ORT is exact on this CPU."""
+    np.testing.assert_array_equal(ours, er.reference_run(model, feeds)[0], err_msg="vs exact reference")
+    if er.ort_is_exact(model):
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        expected = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        np.testing.assert_array_equal(ours, expected, err_msg="vs onnxruntime")
 
 
 def test_matmul_integer_is_an_exact_int32_kernel(tmp_path):
@@ -32,7 +41,7 @@ def test_matmul_integer_is_an_exact_int32_kernel(tmp_path):
           [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 16])], inits, path)
     model = qcompiler.compile(str(path))
     assert model.metadata["ops"]["int8"] == {"dense": 1} and model.metadata["ops"]["fp32"] == {}
-    np.testing.assert_array_equal(model(a=a), _ort(path, {"a": a}))
+    assert_exact(model(a=a), path, {"a": a})
 
 
 def test_conv_integer_is_an_exact_int32_kernel(tmp_path):
@@ -45,7 +54,7 @@ def test_conv_integer_is_an_exact_int32_kernel(tmp_path):
           [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 8, 8, 8])], inits, path)
     model = qcompiler.compile(str(path))
     assert model.metadata["ops"]["int8"] == {"conv2d": 1} and model.metadata["ops"]["fp32"] == {}
-    np.testing.assert_array_equal(model(x=x), _ort(path, {"x": x}))
+    assert_exact(model(x=x), path, {"x": x})
 
 
 @pytest.fixture()
@@ -68,16 +77,18 @@ def test_dynamic_batch_needs_and_takes_input_shapes(dynamic_batch_model):
     model = qcompiler.compile(str(dynamic_batch_model), input_shapes={"image": (1, 1, 8, 8)})
     assert model.signature.inputs[0].shape == (1, 1, 8, 8) and model.signature.outputs[0].shape == (1, 10)
     image = np.load(example_path("digits_test.npz"))["images"][:1]
-    np.testing.assert_array_equal(model(image=image), _ort(dynamic_batch_model, {"image": image}))
+    assert_exact(model(image=image), dynamic_batch_model, {"image": image})
 
 
 def test_transpose_of_a_quantized_input_cancels_with_the_channels_last_edge():
     """An NHWC uint8 graph input transposed to NCHW before its DequantizeLinear feeds a channels-last
-    conv: the two transposes cancel (only the NCHW output transpose remains); exact vs ONNX Runtime."""
+    conv (the VNNI path, built for an AVX-512 VNNI CPU on every host): the two transposes cancel, only
+    the NCHW output transpose remains. Exact where it runs; this host's own build is exact everywhere."""
     from test_roofline import qdq_depthwise
     model = qdq_depthwise(c=32, hw=20)
-    compiled = qcompiler.compile(model)
-    assert [k["name"] for k in compiled.metadata["kernels"]] == ["qconv2d", "transpose"]
-    x = np.random.default_rng(0).integers(0, 256, (1, 20, 20, 32), dtype=np.uint8)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x_nhwc": x})[0]
-    np.testing.assert_array_equal(compiled(x), expected)
+    feeds = {"x_nhwc": np.random.default_rng(0).integers(0, 256, (1, 20, 20, 32), dtype=np.uint8)}
+    assert_exact(qcompiler.compile(model)(**feeds), model, feeds)
+    vnni = qcompiler.compile(model, target=isa.AVX512_VNNI)
+    assert [k["name"] for k in vnni.metadata["kernels"]] == ["qconv2d", "transpose"]
+    isa.skip_unless_executable(isa.AVX512_VNNI)
+    assert_exact(vnni(**feeds), model, feeds)

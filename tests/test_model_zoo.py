@@ -1,7 +1,8 @@
 """Quick checks that the model zoo and the bundled digits example are what tests rely on.
 
-The compiler's correctness tests compare against ONNX Runtime on these files, so a broken zoo
-(wrong export, quantizer silently skipping ops, stale example) would make them meaningless.
+The compiler's correctness tests compare against the exact reference (tests/exact_reference.py) and
+ONNX Runtime on these files, so a broken zoo (wrong export, quantizer silently skipping ops, stale
+example) or a reference that changes a model's meaning would make them meaningless.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+import exact_reference as er
 import model_zoo as mz
 
 # fp32 ONNX vs torch: same math, different kernels/summation order; outputs are O(1).
@@ -18,6 +22,7 @@ FP32_ATOL = 1e-4
 FP32_RTOL = 1e-4
 
 VARIANTS = [(name, kw) for name in mz.MODEL_NAMES for kw in mz.standard_variants(name)]
+VARIANTS.append(("cnn", mz.REDUCE_RANGE_CNN))
 
 
 def _variant_id(case) -> str:
@@ -116,6 +121,49 @@ def test_compare_quantized() -> None:
     assert s["max_abs_diff"] == pytest.approx(0.15)
     s = mz.compare_quantized(ours.astype(np.float32), ref.astype(np.float32))
     assert s["max_steps"] is None and s["max_abs_diff"] == 3
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    model = onnx.load(str(path))
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.dims]
+
+
+def test_reduce_range_cnn_has_7_bit_weights_and_onnxruntime_is_exact_on_it(zoo_dir: Path) -> None:
+    """reduce_range=True gives weights in [-64, 64] (the 8-bit CNN uses the full [-127, 127]), so ORT is
+    exact on it on every CPU: its outputs meet the exact-reference criterion here, whatever the CPU."""
+    rr = mz.build("cnn", zoo_dir, **mz.REDUCE_RANGE_CNN)
+    full = mz.build("cnn", zoo_dir, **{**mz.REDUCE_RANGE_CNN, "reduce_range": False})
+    assert rr.variant == "qdq_u8_pc_all_rr" and rr.quant_path != full.quant_path
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in _int8_weights(rr.quant_path)) == 64
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in _int8_weights(full.quant_path)) == 127
+    assert er.ort_exact_without_vnni(rr.quant_path) and not er.ort_exact_without_vnni(full.quant_path)
+    reference, session = er.ExactReference(rr.quant_path), mz.ort_session(rr.quant_path)
+    for feeds in rr.make_inputs(8, seed=5):
+        er.assert_matches_reference(session.run(None, feeds)[0], reference.run(feeds)[0], mz.output_scale(rr.quant_path))
+
+
+def _softmax_model(opset: int) -> onnx.ModelProto:
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+    graph = helper.make_graph([node], "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
+
+
+def _softmax(x: np.ndarray, axis) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_reference_keeps_the_meaning_of_ops_across_its_opset_raise() -> None:
+    """The reference runs at opset 21: a plain raise where the ops mean the same (Softmax-13), onnx's
+    version converter where they do not (Softmax-11 normalizes over all dims from axis on)."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    assert [n.op_type for n in er.reference_model(_softmax_model(13)).graph.node] == ["Softmax"]
+    np.testing.assert_allclose(er.reference_run(_softmax_model(13), {"x": x})[0], _softmax(x, 1), rtol=1e-6)
+    assert "Flatten" in [n.op_type for n in er.reference_model(_softmax_model(11)).graph.node]
+    legacy = _softmax(x.reshape(2, 12), 1).reshape(2, 3, 4)
+    np.testing.assert_allclose(er.reference_run(_softmax_model(11), {"x": x})[0], legacy, rtol=1e-6)
+    assert {o.version for o in er.reference_model(_softmax_model(11)).opset_import} == {er.REFERENCE_OPSET}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,17 @@
 """QOperator -> QDQ canonicalization (qcompiler.frontend.qoperator).
 
-Every test runs the original QOperator model and its QDQ rewrite in onnxruntime on the same
-random inputs (the rewrite with graph optimizations disabled, so it is evaluated as written) and
-compares every rewritten node's output, not just the graph outputs:
+Every test runs the QDQ rewrite in onnxruntime (graph optimizations disabled, so it is evaluated
+as written: float ops between DequantizeLinear and QuantizeLinear) on random inputs and compares
+every rewritten node's output, not just the graph outputs, with what the original QOperator model
+computes:
+
+* on every CPU, the exact reference of the original (tests/exact_reference.py: onnx's
+  ReferenceEvaluator, ORT's com.microsoft ops as their schemas define them);
+* where onnxruntime's QOperator kernels are exact (``exact_reference.ort_is_exact``: VNNI CPUs, or
+  models without an integer dot product), also those kernels. Without VNNI, ORT's QLinearConv/
+  QLinearMatMul/QGemm/MatMulInteger saturate int16 pair sums (vpmaddubsw), so they are no reference.
+
+Criteria, against either:
 
 * int8/uint8: same dtype/shape, >= 99% of elements identical, never more than 1 step apart
   (the QOperator kernels requantize with a fused integer/float multiplier or a lookup table;
@@ -25,6 +34,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+import exact_reference as er
 from qcompiler.errors import QCompilerError
 from qcompiler.frontend.qoperator import QOPERATOR_OPS, qoperator_to_qdq
 
@@ -155,11 +165,12 @@ def _with_outputs(model: onnx.ModelProto, value_infos) -> onnx.ModelProto:
 
 def check_rewrite(original: onnx.ModelProto, feeds: dict, *, rtol=1e-5, atol=1e-6,
                   min_distinct=16) -> onnx.ModelProto:
-    """Rewrite `original`, check the result is valid QDQ and matches it in onnxruntime.
+    """Rewrite `original`, check the result is valid QDQ and computes what `original` does.
 
     Every tensor a rewritten node produced in the main graph is exposed as an extra output of
-    both models and compared. `min_distinct` guards against vacuous tests: each quantized output
-    must take at least that many distinct values.
+    both models and compared with the exact reference of the original, and with onnxruntime's
+    kernels where they are exact on this CPU (module docstring). `min_distinct` guards against
+    vacuous tests: each quantized output must take at least that many distinct values.
     """
     before = original.SerializeToString()
     rewritten = qoperator_to_qdq(original)
@@ -169,14 +180,24 @@ def check_rewrite(original: onnx.ModelProto, feeds: dict, *, rtol=1e-5, atol=1e-
     watched = {o for n in original.graph.node if n.op_type in QOPERATOR_OPS for o in n.output}
     inferred = onnx.shape_inference.infer_shapes(rewritten, strict_mode=True)
     infos = [v for v in inferred.graph.value_info if v.name in watched]
-    ref = _run(_with_outputs(original, infos), feeds, optimize=True)
+    exposed = _with_outputs(original, infos)
     got = _run(_with_outputs(rewritten, infos), feeds, optimize=False)
-    assert ref.keys() == got.keys()
-    for name in ref:
-        _compare(name, ref[name], got[name], rtol=rtol, atol=atol)
-        if ref[name].dtype in (np.uint8, np.int8):
-            assert len(np.unique(ref[name])) >= min_distinct, f"{name}: degenerate test output"
+    for label, ref in _references(exposed, feeds).items():
+        assert ref.keys() == got.keys(), label
+        for name in ref:
+            _compare(f"{name} (vs {label})", ref[name], got[name], rtol=rtol, atol=atol)
+            if ref[name].dtype in (np.uint8, np.int8):
+                assert len(np.unique(ref[name])) >= min_distinct, f"{name}: degenerate test output"
     return rewritten
+
+
+def _references(model: onnx.ModelProto, feeds: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Every output of `model` from the exact reference, and from onnxruntime where ORT is exact."""
+    names = [o.name for o in model.graph.output]
+    found = {"exact reference": dict(zip(names, er.reference_run(model, feeds)))}
+    if er.ort_is_exact(model):
+        found["onnxruntime"] = _run(model, feeds, optimize=True)
+    return found
 
 
 def _ops(model: onnx.ModelProto) -> list[str]:

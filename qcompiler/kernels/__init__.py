@@ -8,7 +8,8 @@ contract.
 """
 from .conv2d import (pack_conv_weight, pack_conv_weight_pairs, qconv2d, qconv2d_packed, qconv2d_packed_pairs,
                      qdepthwise_conv2d_nhwc)
-from .dense import (pack_dense_weight, pack_dense_weight_pairs, qbatch_matmul, qbatch_matmul_packed, qdense, qdense_packed,
+from .dense import (pack_dense_weight, pack_dense_weight_pairs, qbatch_matmul, qbatch_matmul_packed,
+                    qbatch_matmul_pairs, qdense, qdense_packed,
                     qdense_packed_pairs)
 from .elementwise import qadd, qmul, requantize
 from .pool import qavg_pool2d
@@ -16,5 +17,5 @@ from .pool import qavg_pool2d
 KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, add, ...
 LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
 
-__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_conv_weight_pairs", "qconv2d_packed_pairs", "pack_dense_weight", "pack_dense_weight_pairs", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qconv2d", "qdense",
+__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_conv_weight_pairs", "qconv2d_packed_pairs", "pack_dense_weight", "pack_dense_weight_pairs", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qbatch_matmul_pairs", "qconv2d", "qdense",
            "qdense_packed", "qdense_packed_pairs", "qdepthwise_conv2d_nhwc", "qmul", "requantize"]

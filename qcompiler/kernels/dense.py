@@ -146,6 +146,37 @@ def pack_dense_weight_pairs(w, lanes: int):
     return np.ascontiguousarray(padded.reshape(kp // 2, 2, np_ // lanes, lanes).transpose(2, 0, 3, 1))
 
 
+def qbatch_matmul_pairs(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int, offset: int, shift: int,
+                        zero_point: int, lo: int, hi: int, out_dtype: str, lanes: int):
+    """a [B, M, K], b [B, K, N] (u8/s8) -> requantized [B, M, N], for the vpmaddwd micro-kernel.
+
+    int16 holds an 8-bit value minus its zero point exactly, so both operands are widened with their
+    zero points already subtracted: stage "widen" (a - za, [B, M, Kp]) and "pack_b" (b - zb packed
+    [B, N/lanes, Kp/2, lanes, 2]). The accumulator is then the exact sum itself (|pair| <= 2 * 255^2):
+    no row/column-sum stages, so the epilogue can run on each finished register tile.
+    """
+    batch, m_dim, k_dim = (int(v) for v in a.shape)
+    n_dim = int(b.shape[2])
+    kp, np_ = -(-k_dim // 2) * 2, -(-n_dim // lanes) * lanes
+
+    def b_centered(p, k, j):
+        inside = tirx.all(k < k_dim, j < n_dim)
+        value = b[p, tirx.min(k, k_dim - 1), tirx.min(j, n_dim - 1)].astype("int16") - tirx.const(b_zero_point, "int16")
+        return tirx.if_then_else(inside, value, tirx.const(0, "int16"))
+    bp = te.compute((batch, np_ // lanes, kp // 2, lanes, 2),
+                    lambda p, jo, ko, ji, ki: b_centered(p, ko * 2 + ki, jo * lanes + ji), name="pack_b")
+    aw = te.compute((batch, m_dim, kp), lambda p, i, k: tirx.if_then_else(
+        k < k_dim, a[p, i, tirx.min(k, k_dim - 1)].astype("int16") - tirx.const(a_zero_point, "int16"),
+        tirx.const(0, "int16")), name="widen")
+    k = te.reduce_axis((0, kp), "k")
+    acc = te.compute((batch, m_dim, np_), lambda p, i, j: te.sum(
+        aw[p, i, k].astype("int32") * bp[p, j // lanes, k // 2, j % lanes, k % 2].astype("int32"), axis=k),
+        name="acc")
+    return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
+        acc[p, i, j], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
+        zero_point, lo, hi, out_dtype), name="requant")
+
+
 def qdense_packed_pairs(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int,
                         lo, hi, out_dtype: str, out_scale=None, out_bias=None):
     """x [M, K] (u8/s8), wp = pack_dense_weight_pairs(w, lanes) -> [M, n_out], for CPUs without VNNI.

@@ -1,7 +1,9 @@
 """Integer average pooling (incl. global average pooling) with a fused requantize.
 
 acc = sum over the window of (x - zx), padding read as zx (so it adds 0: count_include_pad
-semantics); out = requantize(acc, sx / (so * window_size)).
+semantics); out = requantize(acc, r / window_size) with r = sx / so (float64) divided exactly by the
+window size, so the average of a constant window requantizes exactly like the value itself. The
+multiplier is an int32 operand (vpmuldq) unless exact rounding needs more bits; then int64.
 """
 from __future__ import annotations
 
@@ -44,5 +46,6 @@ def qavg_pool2d(x, *, pool_size, strides, padding, input_zero_point: int, multip
     shape = index(n_dim, c_dim, oh, ow)
     acc = te.compute(shape, window_sum, name="acc")
     return te.compute(shape, lambda *i: requantize_value(
-        acc[i], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
+        acc[i], tirx.const(multiplier, "int32" if multiplier < 1 << 31 else "int64"), tirx.const(offset, "int64"),
+        tirx.const(shift, "int64"),
         zero_point, lo, hi, out_dtype), name="requant")

@@ -17,7 +17,7 @@ from tvm import relax
 
 from .. import kernels
 from ..errors import QCompilerError
-from ..quant.fixed_point import quantize_multiplier
+from ..quant.fixed_point import FixedPoint, add_multipliers, multiplier_bits, quantize_multiplier
 from .binding_util import emit_replacing, rewrite_relax_functions
 from .qdq_analysis import analyze
 from .qvalues import (Accumulator, Concat, ConstSource, LinearSum, OpSource, QActivation, QConstant, QParams,
@@ -58,6 +58,45 @@ def _clamp_bounds(lo: float, hi: float, out: QParams) -> tuple[int, int]:
     if not math.isinf(hi):
         q_hi = min(q_hi, out.zero_point + int(np.round(hi / out.scale)))
     return q_lo, max(q_lo, q_hi)
+
+
+def _centered_range(params: QParams) -> tuple[int, int]:
+    """The values q - zero_point an integer tensor with these parameters can hold."""
+    return params.qmin - params.zero_point, params.qmax - params.zero_point
+
+
+def _requantizer(d: Accumulator, scale: np.ndarray, out: QParams, lo: int, hi: int) -> FixedPoint:
+    """The fixed-point requantize of ``d`` to ``out``, exactly rounded for every accumulator its kernel makes.
+
+    Dot products: int32 accumulators and multipliers (vpmuldq); the real scale is s_x * s_w / s_out.
+    mul: acc = (a - za)(b - zb), multiplied in int64, so the multiplier may widen until it is exact.
+    avg_pool2d: acc = the window sum of x - zx; the real scale is s_x / s_out divided exactly by the
+    window size (so averaging a constant window requantizes like the value itself).
+    """
+    out_range, what = (lo - out.zero_point, hi - out.zero_point), f"{d.kind} requantize"
+    if d.kind == "mul":
+        products = [x * y for x in _centered_range(d.operands[0].params) for y in _centered_range(d.operands[1].params)]
+        acc = (min(products), max(products))
+        return quantize_multiplier(scale / out.scale, what, out_range=out_range, acc_range=acc,
+                                   max_bits=multiplier_bits(acc))
+    if d.kind == "avg_pool2d":
+        (x,) = d.operands
+        count = int(np.prod(d.attrs["pool_size"]))
+        acc = tuple(count * v for v in _centered_range(x.params))
+        return quantize_multiplier(x.params.scale / out.scale, what, out_range=out_range, acc_range=acc,
+                                   divisor=count, max_bits=multiplier_bits(acc))
+    if d.kind in ("dense", "conv2d"):
+        return quantize_multiplier(scale / out.scale, what, out_range=out_range, acc_range=_dot_range(d))
+    return quantize_multiplier(scale / out.scale, what, out_range=out_range)
+
+
+def _dot_range(d: Accumulator) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel, bounds of a dense/conv kernel's int32 accumulator: every variant sums
+    x' * (w - wzp) over the reduction with |x'| <= 255 (the activation as stored, or shifted to uint8)."""
+    w = d.operands[1]
+    axes = (0,) if d.kind == "dense" else (1, 2, 3)
+    bound = np.minimum(255 * np.abs(w.q.astype(np.int64) - w.zero_point).sum(axis=axes), 2 ** 31 - 1)
+    return -bound, bound
 
 
 @relax.expr_functor.mutator
@@ -216,6 +255,7 @@ class _Lowerer(relax.PyExprMutator):
 
     def _linear_sum(self, d: LinearSum, out: QParams, call: relax.Call):
         lo, hi = _clamp_bounds(d.lo, d.hi, out)
+        out_range = (lo - out.zero_point, hi - out.zero_point)
         layout = self._elementwise_layout(d.terms)
         wrap = ChannelsLast if layout == "NHWC" else (lambda e: e)
         if len(d.terms) == 1:
@@ -223,22 +263,24 @@ class _Lowerer(relax.PyExprMutator):
             x = self._int_tensor(term.source, layout)
             if term.params == out and lo <= out.qmin and hi >= out.qmax:
                 return wrap(x)
-            fp = quantize_multiplier(term.params.scale / out.scale, "requantize")
+            acc = _centered_range(term.params)  # exact: x - zx rescaled by s_x / s_out
+            fp = quantize_multiplier(term.params.scale / out.scale, "requantize", out_range=out_range, acc_range=acc,
+                                     max_bits=multiplier_bits(acc))
             return wrap(self._kernel(kernels.requantize, "requantize", x, input_zero_point=term.params.zero_point,
-                                     multiplier=int(fp.multiplier[0]), shift=int(fp.shift[0]),
-                                     zero_point=out.zero_point, lo=lo, hi=hi, out_dtype=out.dtype))
+                                     multiplier=int(fp.multiplier[0]), offset=int(fp.offset()[0]),
+                                     shift=int(fp.shift[0]), zero_point=out.zero_point, lo=lo, hi=hi,
+                                     out_dtype=out.dtype))
         a, b = d.terms
-        ra, rb = a.params.scale / out.scale, b.params.scale / out.scale
-        shift = int(quantize_multiplier(max(ra, rb), "add").shift[0])
-        ma, mb = int(round(ra * 2.0 ** shift)), int(round(rb * 2.0 ** shift) * d.coefficients[1])
+        fx = add_multipliers(a.params.scale / out.scale, b.params.scale / out.scale * d.coefficients[1],
+                             _centered_range(a.params), _centered_range(b.params), out_range, "add")
         out_shape = tuple(int(v) for v in call.args[0].ty.shape.values)
         if layout == "NHWC":
             out_shape = tuple(out_shape[i] for i in NCHW_TO_NHWC)
         return wrap(self._kernel(kernels.qadd, "add", self._int_tensor(a.source, layout),
                                  self._int_tensor(b.source, layout), out_shape=out_shape,
-                                 a_zero_point=a.params.zero_point, b_zero_point=b.params.zero_point, a_multiplier=ma,
-                                 b_multiplier=mb, shift=shift, zero_point=out.zero_point, lo=lo, hi=hi,
-                                 out_dtype=out.dtype))
+                                 a_zero_point=a.params.zero_point, b_zero_point=b.params.zero_point,
+                                 a_multiplier=fx.a_multiplier, b_multiplier=fx.b_multiplier, shift=fx.shift,
+                                 offset=fx.offset, zero_point=out.zero_point, lo=lo, hi=hi, out_dtype=out.dtype))
 
     def _accumulator(self, d: Accumulator, out: QParams | None, call: relax.Call | None,
                      float_output: bool = False) -> relax.Expr:
@@ -262,7 +304,7 @@ class _Lowerer(relax.PyExprMutator):
         else:
             lo, hi = _clamp_bounds(d.lo, d.hi, out)
             zero_point, out_dtype = out.zero_point, out.dtype
-            fp = quantize_multiplier(scale / out.scale, f"{d.kind} requantize")
+            fp = _requantizer(d, scale, out, lo, hi)
         common = dict(zero_point=zero_point, lo=lo, hi=hi, out_dtype=out_dtype)
 
         if d.kind in ("dense", "conv2d"):
@@ -335,18 +377,22 @@ class _Lowerer(relax.PyExprMutator):
             batch = int(np.prod(a_shape[:-2]))
             a3, b3 = self._reshape(ai, (batch, *a_shape[-2:])), self._reshape(bi, (batch, *b_shape[-2:]))
             za = a.params.zero_point
-            fn, layout = kernels.qbatch_matmul, "plain"
+            fn, layout, extra = kernels.qbatch_matmul, "plain", {}
             if self.weight_layout == "packed16x4":
                 (a3, za), fn, layout = self._as_uint8(a3, za), kernels.qbatch_matmul_packed, self.weight_layout
+            elif self.weight_layout.startswith("pairs"):
+                from schedules.x86_vnni import DOT_KERNELS
+                fn, layout = kernels.qbatch_matmul_pairs, self.weight_layout
+                extra = {"lanes": DOT_KERNELS[layout].lanes}
             y = self._kernel(fn, "batch_matmul", a3, b3, a_zero_point=za, b_zero_point=b.params.zero_point,
                              multiplier=int(fp.multiplier[0]), offset=offset, shift=int(fp.shift[0]), layout=layout,
-                             **common)
+                             **extra, **common)
             return self._reshape(y, out_shape)
         if d.kind == "mul":
             a, b = d.operands
             return self._kernel(kernels.qmul, "mul", self._int_tensor(a.source), self._int_tensor(b.source),
                                 out_shape=tuple(out_shape), a_zero_point=a.params.zero_point,
-                                b_zero_point=b.params.zero_point, multiplier=int(fp.multiplier[0]),
+                                b_zero_point=b.params.zero_point, multiplier=int(fp.multiplier[0]), offset=offset,
                                 shift=int(fp.shift[0]), **common)
         if d.kind == "avg_pool2d":
             (x,) = d.operands

@@ -82,7 +82,11 @@ def roofline(lib_or_model, target=None, *, threads: int | None = None, remeasure
         raise QCompilerError(f"{source}: the library has no kernel inventory (compiled by an older qcompiler); "
                              "recompile it with `qcompiler compile`")
     kernels = [KernelInfo.from_json(k) for k in metadata["kernels"]]
-    ceilings = host_ceilings(count, remeasure=remeasure, log=log)
+    # the ceilings of the instructions this library's kernels use (an AVX2 build on an AVX-512 host
+    # is measured against vpmaddwd ymm, not the host's vpdpbusd zmm)
+    from ..target import resolve_target
+    library_target = resolve_target(metadata["target"]) if metadata.get("target") else None
+    ceilings = host_ceilings(count, remeasure=remeasure, log=log, target=library_target)
     library = kernel_library(module)
     rows = []
     for kernel in kernels:

@@ -5,14 +5,17 @@ is timed ``repeat`` times and the best run is the ceiling (the samples are kept)
 median: a ceiling is what the machine can do, and on a shared VM a whole burst of runs can fall into
 a slow phase (DRAM bandwidth measured 30 and 53 GB/s minutes apart here). The int8 probe follows
 the CPU's best int8 instruction, the one qcompiler's templates use: ``vpdpbusd`` zmm (AVX-512 VNNI),
-``vpdpbusd`` ymm (AVX-VNNI), else ``vpmaddwd``. Results are cached per machine (CPU model, flags,
-thread count, probe version) under the user cache directory; ``remeasure`` refreshes them.
+``vpdpbusd`` ymm (AVX-VNNI), else ``vpmaddwd`` zmm (AVX-512BW) or ymm (AVX2); fp32 the widest FMA.
+Both are chosen from the target's LLVM features (``INT8_PROBES``, ``FP32_PROBES``). Results are
+cached per machine (CPU model, flags, thread count, probe version) under the user cache directory;
+``remeasure`` refreshes them.
 
 For targets this machine cannot run (other architectures), ``spec_ceilings`` gives datasheet numbers
 from ``SPEC_TABLE``, labelled "spec" with their source.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +30,7 @@ from ..errors import QCompilerError
 from ..output_files import write_text_atomic
 from ..target import host_cpu_flags
 
-PROBE_VERSION = 2  # bump when a probe changes: cached ceilings of older probes are ignored
+PROBE_VERSION = 3  # bump when a probe changes: cached ceilings of older probes are ignored
 
 
 @dataclass
@@ -100,9 +103,14 @@ def cache_dir() -> Path:
     return Path(root) / "qcompiler"
 
 
-def cache_path(threads: int) -> Path:
+def cache_path(threads: int, target=None) -> Path:
+    """The cache file of this machine's ceilings for ``threads`` and the probes ``target`` (default the
+    host) gets: an AVX2 library on an AVX-512 host is measured against AVX2's instructions."""
+    from ..target import host_target
+    target = target or host_target()
+    probes_used = "|".join((kind or ("none",))[0] for kind in (int8_probe_kind(target), fp32_probe_kind(target)))
     flags = " ".join(sorted(host_cpu_flags() or []))
-    key = hashlib.sha1(f"{cpu_model()}|{flags}|{threads}|{PROBE_VERSION}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{cpu_model()}|{flags}|{threads}|{probes_used}|{PROBE_VERSION}".encode()).hexdigest()[:16]
     return cache_dir() / f"ceilings-{key}.json"
 
 
@@ -130,35 +138,44 @@ def _calibrated_trips(lib, make_args, seconds: float) -> int:
         trips *= 8
 
 
-def int8_probe_kind(target) -> tuple[str, object, int] | None:
-    """(name, probe factory taking threads, ops per loop trip and thread) for the target's int8 path."""
+#: The int8 probe of each x86 CPU class, best first: (LLVM feature that selects it, ceiling name, int32
+#: lanes, LLVM intrinsic, int16 pairs). The instruction is the one qcompiler's templates use there.
+INT8_PROBES = (
+    ("avx512vnni", "int8 vpdpbusd zmm", 16, "llvm.x86.avx512.vpdpbusd.512", False),
+    ("avxvnni", "int8 vpdpbusd ymm", 8, "llvm.x86.avx512.vpdpbusd.256", False),
+    ("avx512bw", "int8 vpmaddwd zmm", 16, "llvm.x86.avx512.pmaddw.d.512", True),
+    ("avx2", "int8 vpmaddwd ymm", 8, "llvm.x86.avx2.pmadd.wd", True),
+)
+#: The fp32 FMA probe of each class, widest first: (LLVM feature, ceiling name, fp32 lanes).
+FP32_PROBES = (("avx512f", "fp32 fma zmm", 16), ("fma", "fp32 fma ymm", 8))
+
+
+def _has_feature(target, feature: str) -> bool:
+    """Whether LLVM enables ``feature`` for ``target``: the probe follows what the target can execute,
+    never its CPU name (an unknown or future CPU gets the probe of its features)."""
     from tvm.target import codegen
+    return bool(codegen.llvm_cpu_has_features([feature], target))
 
+
+def int8_probe_kind(target) -> tuple[str, object, int] | None:
+    """(name, probe factory taking threads, ops per loop trip and thread) for the target's int8 path,
+    or None for a target without a vector int8 dot product we probe."""
     from . import probes
-
-    def has(feature):
-        return codegen.llvm_cpu_has_features([feature], target)
-    acc = probes.ACCUMULATORS
-    if has("avx512vnni"):
-        return "int8 vpdpbusd zmm", lambda t: probes.int8_dot_probe(t, 16, "llvm.x86.avx512.vpdpbusd.512"), acc * 128
-    if has("avxvnni"):
-        return "int8 vpdpbusd ymm", lambda t: probes.int8_dot_probe(t, 8, "llvm.x86.avx512.vpdpbusd.256"), acc * 64
-    if has("avx512bw"):
-        return "int8 vpmaddwd zmm", lambda t: probes.int8_dot_probe(t, 16, "llvm.x86.avx512.pmaddw.d.512", pairs=True), acc * 64
-    if has("avx2"):
-        return "int8 vpmaddwd ymm", lambda t: probes.int8_dot_probe(t, 8, "llvm.x86.avx2.pmadd.wd", pairs=True), acc * 32
+    for feature, name, lanes, intrinsic, pairs in INT8_PROBES:
+        if _has_feature(target, feature):
+            ops_per_instruction = lanes * (2 if pairs else 4) * 2  # int8 (or int16) MACs per lane x 2
+            factory = functools.partial(probes.int8_dot_probe, lanes=lanes, intrinsic=intrinsic, pairs=pairs)
+            return name, factory, probes.ACCUMULATORS * ops_per_instruction
     return None
 
 
 def fp32_probe_kind(target) -> tuple[str, object, int] | None:
-    from tvm.target import codegen
-
+    """(name, probe factory taking threads, ops per loop trip and thread) of the target's widest fp32
+    FMA, or None without FMA."""
     from . import probes
-    acc = probes.ACCUMULATORS
-    if codegen.llvm_cpu_has_features(["avx512f"], target):
-        return "fp32 fma zmm", lambda t: probes.fma_probe(t, 16), acc * 32
-    if codegen.llvm_cpu_has_features(["fma"], target):
-        return "fp32 fma ymm", lambda t: probes.fma_probe(t, 8), acc * 16
+    for feature, name, lanes in FP32_PROBES:
+        if _has_feature(target, feature):
+            return name, functools.partial(probes.fma_probe, lanes=lanes), probes.ACCUMULATORS * lanes * 2
     return None
 
 
@@ -226,15 +243,16 @@ def measure_ceilings(threads: int, *, repeat: int = 7, seconds: float = 0.1, tar
     return Ceilings(cpu_model(), threads, entries, time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def host_ceilings(threads: int, *, remeasure: bool = False, log=None) -> Ceilings:
-    """This machine's ceilings for ``threads`` (and 1) thread(s), from the cache unless ``remeasure``."""
-    path = cache_path(threads)
+def host_ceilings(threads: int, *, remeasure: bool = False, log=None, target=None) -> Ceilings:
+    """This machine's ceilings for ``threads`` (and 1) thread(s), from the cache unless ``remeasure``,
+    for the instructions of code built for ``target`` (default: the host's own)."""
+    path = cache_path(threads, target)
     if not remeasure and path.exists():
         try:
             return Ceilings.from_json(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache file is measured again
-    ceilings = measure_ceilings(threads, log=log)
+    ceilings = measure_ceilings(threads, log=log, target=target)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(ceilings.to_json(), indent=1), "ceilings cache")
     return ceilings

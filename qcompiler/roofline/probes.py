@@ -1,11 +1,11 @@
 """ERT-style probe kernels, written in TIR and built by TVM for the machine they measure.
 
-Compute probes run ACCUMULATORS independent accumulator chains per thread (more than the latency x
-issue width of current x86 vector units, so the chains never wait on each other) of one instruction:
+Compute probes run ACCUMULATORS independent accumulator chains per thread of one instruction:
 ``vpdpbusd`` (AVX-512 VNNI zmm, or 256-bit AVX-VNNI), ``vpmaddwd`` + ``vpaddd`` (the int8 path of CPUs
-without VNNI) or an fp32 FMA. The accumulators live in a small local buffer that LLVM promotes to
-registers once the loops over it are unrolled. Memory probes are a STREAM triad and copy over arrays
-far larger than the last-level cache, and a read of an L2-sized buffer per thread, vectorized.
+without VNNI: AVX-512BW zmm, AVX2 ymm) or an fp32 FMA. The accumulators live in a small local buffer
+that LLVM promotes to registers once the loops over it are unrolled. Memory probes are a STREAM
+triad and copy over arrays far larger than the last-level cache, and a read of an L2-sized buffer
+per thread, vectorized.
 
 Each probe is a PrimFunc with a parallel loop over ``threads`` (1 = the single-thread ceiling).
 """
@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-ACCUMULATORS = 16
+#: Independent accumulator chains per thread: more than the probed instructions' latency x throughput
+#: on current x86 cores (the inline-asm C loops of tests/roofline_microbench.c reach the peak with 12
+#: too), and few enough that the accumulators and the 2 other registers a probe needs (the operands,
+#: or the operand and the vpmaddwd product) fit AVX2's 16 ymm registers. With 16 chains LLVM spilled
+#: 3 accumulators of the AVX2 int8 probe to the stack (and more of the fp32 probe): those AVX2 probes
+#: measured 30% (int8) and 45% (fp32) below the 12-chain ones on Zen 4, 27% and 50% below a C probe on
+#: Zen 3. tests/test_roofline.py checks the generated loops for spills on every CPU class.
+ACCUMULATORS = 12
 
 
 def int8_dot_probe(threads: int, lanes: int, intrinsic: str, pairs: bool = False):
