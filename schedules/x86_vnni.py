@@ -162,14 +162,35 @@ def _finish_micro_kernel(sch: s_tir.Schedule, init, rows, blocks, lanes16, targe
 DENSE_LOOP_ORDERS = ("columns", "rows")
 
 
+def dense_tile(m_dim: int, n_dim: int, k_dim: int, kernel: DotKernel) -> tuple[int, int]:
+    """The default (MR, NR) register tile of an M x K x N dense kernel: what the vpmaddwd kernels'
+    packing is laid out for (their tile is fixed by it; the VNNI layout leaves it to the knobs)."""
+    candidates = dense_tile_candidates(m_dim, -(-n_dim // kernel.lanes), kernel=kernel)
+    return prefer_whole_k(candidates, -(-k_dim // kernel.k_group), kernel.lanes)[0]
+
+
+def _packed_tile(sch: s_tir.Schedule) -> tuple[int, int] | None:
+    """(MR, NR) a vpmaddwd dense kernel's operands are packed for (None: the VNNI layout)."""
+    widen = find_block(sch, "widen")
+    if widen is None:
+        return None
+    acc = sch.get(sch.get_sblock("acc"))
+    a_packed, w_packed = (region.source for region in acc.reads[:2])  # 0.27: a TensorRegion's buffer Var
+    return int(a_packed.shape[2]), int(w_packed.shape[2])
+
+
 def schedule_dense_packed(sch: s_tir.Schedule, target, tunable: bool = False, order: str = "columns",
                           kernel: DotKernel = VNNI) -> None:
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     i, j, k = sch.get_loops(acc)
     lanes, group = kernel.lanes, kernel.k_group
     m_dim, n_pad, k_pad = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
-    candidates = prefer_whole_k(dense_tile_candidates(m_dim, n_pad // lanes, kernel=kernel), k_pad // group, lanes)
-    mr, nr, nr_default = _tile_knobs(sch, candidates, tunable)
+    fixed = _packed_tile(sch)
+    if fixed is None:
+        candidates = prefer_whole_k(dense_tile_candidates(m_dim, n_pad // lanes, kernel=kernel), k_pad // group, lanes)
+        mr, nr, nr_default = _tile_knobs(sch, candidates, tunable)
+    else:  # operands packed per register tile: the tile is the layout's
+        (mr, nr), candidates, nr_default = fixed, [fixed], fixed[1]
     k_blocks = k_block_candidates(k_pad // group, nr_default, lanes)
     kb_steps = _knob(sch, k_blocks, k_blocks[0], tunable)
     jo, jb, ji = sch.split(j, [None, nr, lanes])

@@ -185,3 +185,28 @@ def test_conv_exact_on_worst_case_operands(cls, conv):
         _check_class_code(model, cls)
     isa.skip_unless_executable(CLASS_TARGETS[cls])
     np.testing.assert_array_equal(model(x=x), _conv_reference(x, w, stride, pad, groups))
+
+
+# ------------------------------------------------------------------------ one model, one answer
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_one_model_one_answer_on_every_cpu_class(name, zoo_dir):
+    """The same QDQ model built for the host, for AVX2 (haswell), for AVX-512 without VNNI
+    (skylake-avx512) and with VNNI (cascadelake) gives bit-identical outputs on every class this CPU
+    can run, and they match onnx's exact ReferenceEvaluator (>= 99.9% identical, none > 1 step off)."""
+    import exact_reference as er
+    import model_zoo as mz
+    zm = mz.build(name, zoo_dir, **mz.standard_variants(name)[0])
+    builds = {"host": None, "avx2": isa.AVX2, "avx512": isa.AVX512, "avx512-vnni": isa.AVX512_VNNI}
+    runnable = {cls: qcompiler.compile(str(zm.quant_path), target=t) for cls, t in builds.items()
+                if t is None or isa.can_execute(t)}
+    assert {"host", "avx2"} <= set(runnable)  # AVX2 code runs on every supported host
+    reference = er.ExactReference(zm.quant_path)
+    for feeds in zm.make_inputs(3, seed=7):
+        outputs = {cls: model(**feeds) for cls, model in runnable.items()}
+        for cls, out in outputs.items():
+            np.testing.assert_array_equal(out, outputs["host"], err_msg=f"{cls} build differs from the host build")
+        expected = reference.run(feeds)[0]
+        if name == "transformer":  # a float output after fp32 LayerNorm: compared to float rounding
+            np.testing.assert_allclose(outputs["host"], expected, rtol=0, atol=1e-5)
+        else:
+            er.assert_matches_reference(outputs["host"], expected, mz.output_scale(zm.quant_path))

@@ -119,6 +119,11 @@ def test_ceilings_agree_with_an_independent_c_microbenchmark(microbench, target,
         attempts.append((ours, theirs))
         if abs(ours / theirs - 1) <= tolerance:
             break
+        # a ceiling is the best rate seen: this VM's slow phases (one vCPU 25-40% slow for seconds)
+        # can hit either side of one attempt, so the best of every attempt is compared too
+        ours, theirs = max(a for a, _ in attempts), max(b for _, b in attempts)
+        if abs(ours / theirs - 1) <= tolerance:
+            break
     assert name == probe
     assert abs(ours / theirs - 1) <= tolerance, attempts
 

@@ -135,15 +135,17 @@ def qbatch_matmul_packed(a, b, *, a_zero_point: int, b_zero_point: int, multipli
         zero_point, lo, hi, out_dtype), name="requant")
 
 
-def pack_dense_weight_pairs(w, lanes: int):
-    """numpy [K, N] int8 -> int16 [ceil(N/lanes), ceil(K/2), lanes, 2], zero padded: the vpmaddwd
-    micro-kernel's layout (one ``lanes`` x 2 int16 block per instruction, contiguous along K)."""
+def pack_dense_weight_pairs(w, lanes: int, blocks: int = 1):
+    """numpy [K, N] int8 -> int16 [ceil(N/(lanes*blocks)), ceil(K/2), blocks, lanes, 2], zero padded:
+    the vpmaddwd micro-kernel's layout. ``blocks`` is the register tile's NR: each k step of a tile
+    reads one contiguous blocks x lanes x 2 chunk (one stream for the hardware prefetcher, not NR)."""
     import numpy as np
     k_dim, n_dim = w.shape
-    kp, np_ = -(-k_dim // 2) * 2, -(-n_dim // lanes) * lanes
+    width = lanes * blocks
+    kp, np_ = -(-k_dim // 2) * 2, -(-n_dim // width) * width
     padded = np.zeros((kp, np_), dtype=np.int16)
     padded[:k_dim, :n_dim] = w
-    return np.ascontiguousarray(padded.reshape(kp // 2, 2, np_ // lanes, lanes).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(padded.reshape(kp // 2, 2, np_ // width, blocks, lanes).transpose(2, 0, 3, 4, 1))
 
 
 def qbatch_matmul_pairs(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int, offset: int, shift: int,
@@ -178,21 +180,26 @@ def qbatch_matmul_pairs(a, b, *, a_zero_point: int, b_zero_point: int, multiplie
 
 
 def qdense_packed_pairs(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int,
-                        lo, hi, out_dtype: str, out_scale=None, out_bias=None):
-    """x [M, K] (u8/s8), wp = pack_dense_weight_pairs(w, lanes) -> [M, n_out], for CPUs without VNNI.
+                        lo, hi, out_dtype: str, rows: int = 1, out_scale=None, out_bias=None):
+    """x [M, K] (u8/s8), wp = pack_dense_weight_pairs(w, lanes, NR) -> [M, n_out], for CPUs without VNNI.
 
-    Stage "widen" copies x into int16 [M, Kp] (K rounded up to 2, zero padded) once per call, so the
-    micro-kernel's ``vpmaddwd`` reads both operands as int16 pairs without converting them per
-    instruction; "acc" accumulates over N rounded up to ``lanes``. Epilogues as in ``qdense``.
+    Stage "widen" copies x into int16 packed per register tile, [M/rows, Kp/2, rows, 2] (``rows`` =
+    the tile's MR, K rounded up to 2, zero padded), once per call: each k step of a tile then reads
+    its MR broadcast pairs from one contiguous chunk, and ``vpmaddwd`` needs no conversion.
+    "acc" accumulates over N rounded up to lanes x NR. Epilogues as in ``qdense``.
     """
     m_dim, k_dim = (int(v) for v in x.shape)
-    nb, kq, lanes = (int(v) for v in wp.shape[:3])
-    kp = kq * 2
-    xw = te.compute((m_dim, kp), lambda i, k: tirx.if_then_else(
-        k < k_dim, x[i, tirx.min(k, k_dim - 1)].astype("int16"), tirx.const(0, "int16")), name="widen")
+    nbo, kq, blocks, lanes = (int(v) for v in wp.shape[:4])
+    kp, width = kq * 2, blocks * lanes
+    if m_dim % rows:
+        raise ValueError(f"{rows} rows per tile do not divide M = {m_dim}")
+    xw = te.compute((m_dim // rows, kq, rows, 2), lambda io, ko, ii, p: tirx.if_then_else(
+        ko * 2 + p < k_dim, x[io * rows + ii, tirx.min(ko * 2 + p, k_dim - 1)].astype("int16"), tirx.const(0, "int16")),
+        name="widen")
     k = te.reduce_axis((0, kp), "k")
-    acc = te.compute((m_dim, nb * lanes), lambda i, j: te.sum(
-        xw[i, k].astype("int32") * wp[j // lanes, k // 2, j % lanes, k % 2].astype("int32"), axis=k), name="acc")
+    acc = te.compute((m_dim, nbo * width), lambda i, j: te.sum(
+        xw[i // rows, k // 2, i % rows, k % 2].astype("int32")
+        * wp[j // width, k // 2, (j // lanes) % blocks, j % lanes, k % 2].astype("int32"), axis=k), name="acc")
     value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)
     return epilogue((m_dim, n_out), value, lambda i, j: j, multiplier, offset, shift, zero_point=zero_point, lo=lo,
                     hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)

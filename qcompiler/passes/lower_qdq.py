@@ -8,6 +8,7 @@ become dead and are removed by DeadCodeElimination; whatever has no integer rule
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -219,14 +220,17 @@ class _Lowerer(relax.PyExprMutator):
         return self.builder_.emit(self.builder_.call_te(
             fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs=attrs, **kwargs))
 
-    def _packed_weight(self, wq: np.ndarray, kind: str) -> tuple:
+    def _packed_weight(self, wq: np.ndarray, kind: str, rows: int = 0) -> tuple:
         """(kernel function, packed weight constant) of the target's micro-kernel: int8 blocks of
-        16 x 4 for vpdpbusd, int16 blocks of lanes x 2 for vpmaddwd (``pairs8x2`` / ``pairs16x2``)."""
-        from schedules.x86_vnni import DOT_KERNELS  # the contract between packing and templates
+        16 x 4 for vpdpbusd, int16 blocks of lanes x 2 for vpmaddwd (``pairs8x2`` / ``pairs16x2``;
+        a dense kernel's are packed per register tile of its ``rows`` x N output)."""
+        from schedules.x86_vnni import DOT_KERNELS, dense_tile  # the contract between packing and templates
         kernel = DOT_KERNELS[self.weight_layout]
         if self.weight_layout.startswith("pairs"):
-            if kind == "dense":
-                return kernels.qdense_packed_pairs, _int_const(kernels.pack_dense_weight_pairs(wq, kernel.lanes), "int16")
+            if kind == "dense":  # both operands packed per register tile: the template's default tile
+                mr, nr = dense_tile(rows, wq.shape[1], wq.shape[0], kernel)
+                return (functools.partial(kernels.qdense_packed_pairs, rows=mr),
+                        _int_const(kernels.pack_dense_weight_pairs(wq, kernel.lanes, nr), "int16"))
             return kernels.qconv2d_packed_pairs, _int_const(kernels.pack_conv_weight_pairs(wq, kernel.lanes), "int16")
         if kind == "dense":
             return kernels.qdense_packed, _int_const(kernels.pack_dense_weight(wq), "int8")
@@ -341,7 +345,7 @@ class _Lowerer(relax.PyExprMutator):
             if d.kind == "dense":
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
                 if packed:
-                    fn, wp = self._packed_weight(wq, "dense")
+                    fn, wp = self._packed_weight(wq, "dense", int(x2.ty.shape.values[0]))
                     y = self._kernel(fn, "dense", x2, wp, *params, **extra_args,
                                      layout=self.weight_layout, n_out=wq.shape[1], **common)
                 else:
