@@ -356,14 +356,15 @@ TEMPLATES = {("dense", "packed16x4"): schedule_dense_packed, ("dense", "pairs8x2
 
 
 class X86VNNIKernels(dlight.ScheduleRule):
-    """Schedules the packed integer kernels: vpdpbusd templates on VNNI targets, the vpmaddwd dense
-    micro-kernel (``pairs*`` layouts) on AVX2 / AVX-512BW targets without VNNI."""
+    """Schedules the packed integer kernels: vpdpbusd templates on VNNI targets, the vpmaddwd
+    micro-kernels (``pairs*`` layouts) on AVX2 / AVX-512BW targets without VNNI, and the NHWC
+    depthwise template on every AVX2 target."""
 
     def apply(self, func: tirx.PrimFunc, target, tunable: bool):
         key = kernel_key(func)
         template = TEMPLATES.get(key)
-        if template is None or (not key[1].startswith("pairs") and not has_vnni(target)) or (
-                key[1] == "depthwise_nhwc" and not codegen.llvm_cpu_has_features(["avx2"], target)):
+        if template is None or not (has_vnni(target) or key[1].startswith("pairs") or (
+                key[1] == "depthwise_nhwc" and codegen.llvm_cpu_has_features(["avx2"], target))):
             return None
         options = {"kernel": DOT_KERNELS[key[1]]} if key[1] in DOT_KERNELS else {}
         if tunable and template is schedule_dense_packed:

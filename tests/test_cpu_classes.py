@@ -144,6 +144,20 @@ def test_dense_exact_on_worst_case_operands(cls, m, k, n):
     np.testing.assert_array_equal(model(x=x), x.astype(np.int64) @ w.astype(np.int64))
 
 
+def _templates_taking(proto: onnx.ModelProto, target, key: tuple[str, str]) -> int:
+    """How many kernels of kind/layout ``key`` the model lowers to for ``target`` that qcompiler's
+    packed-kernel templates schedule (a kernel they decline falls to the generic fallback)."""
+    from qcompiler.api import import_model
+    from qcompiler.build import fuse_module, lower_to_integer
+    from schedules.cpu_common import kernel_key
+    target = resolve_target(target)
+    mod, _, _ = import_model(proto)
+    fused = fuse_module(lower_to_integer(mod, target), target)
+    funcs = [f for f in fused.functions.values() if kernel_key(f) == key]
+    with target:
+        return sum(schedules.X86VNNIKernels().apply(f, target, False) is not None for f in funcs)
+
+
 def _conv_reference(x: np.ndarray, w: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
     """int64 NCHW convolution by explicit windows (zero padding)."""
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
@@ -183,6 +197,8 @@ def test_conv_exact_on_worst_case_operands(cls, conv):
     assert ops["int8"]["conv2d"] == 1 and ops["fp32"] == {}, ops  # (+ NCHW <-> NHWC edges when channels-last)
     if groups == 1:  # grouped and depthwise convs have no dot-product micro-kernel
         _check_class_code(model, cls)
+    if groups == c:  # depthwise: the NHWC template of every class takes it (not the generic fallback)
+        assert _templates_taking(proto, CLASS_TARGETS[cls], ("conv2d", "depthwise_nhwc")) == 1
     isa.skip_unless_executable(CLASS_TARGETS[cls])
     np.testing.assert_array_equal(model(x=x), _conv_reference(x, w, stride, pad, groups))
 
