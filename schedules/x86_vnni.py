@@ -1,4 +1,6 @@
-"""x86 VNNI templates: int8 kernels tensorized with vpdpbusd (AVX-512 VNNI zmm, or AVX-VNNI ymm).
+"""x86 packed-kernel templates: int8 kernels tensorized with vpdpbusd (AVX-512 VNNI zmm, or AVX-VNNI
+ymm) and, on CPUs without VNNI, with exact vpmaddwd on int16 operands (AVX2 ymm, AVX-512BW zmm).
+Which one is the kernel's layout (``DOT_KERNELS``); the templates are the same code for all of them.
 
 Dense (``qdense_packed``): a register-blocked micro-kernel of MR rows x NR 16-lane accumulators,
 the whole K reduction inside it when the K x NR*64-byte weight panel fits about an L1, loop order
@@ -10,7 +12,8 @@ Knobs (MR, NR, K block, row block, outer loop order) are MetaSchedule sampling i
 fixed per-shape defaults otherwise, so the default schedule and the tuner's search space are the
 same function. Only valid candidates are offered: MR divides M, NR divides N/16, and the tile
 (MR x NR x 64 bytes) stays under 1 KiB so LLVM keeps it on the stack/in registers instead of a
-per-tile workspace allocation (LowerTVMBuiltin's stack limit).
+per-tile workspace allocation (LowerTVMBuiltin's stack limit). The vpmaddwd dense kernel's operands
+are packed per register tile, so its MR x NR is the layout's and the other knobs are sampled.
 """
 from __future__ import annotations
 
