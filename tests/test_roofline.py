@@ -361,8 +361,8 @@ def _probe_loops(factory, target) -> list[list[str]]:
 @pytest.mark.parametrize("spec,int8,fp32", PROBE_TARGETS, ids=_PROBE_IDS)
 def test_probes_follow_the_target_features_and_keep_their_chains_in_registers(spec, int8, fp32):
     """The probe of each class (vpdpbusd zmm / ymm, vpmaddwd zmm / ymm, FMA zmm / ymm) is chosen from
-    the target's features, and its hot loop issues that instruction on ACCUMULATORS independent
-    accumulators that all stay in registers: no stack access in the loop (with 16 chains the AVX2
+    the target's features, and its hot loop issues that instruction on ``probes.accumulators(lanes)``
+    independent accumulators (12 on ymm, 16 on zmm) that all stay in registers: no stack access in the loop (with 16 chains the AVX2
     probes spilled; LLVM may unroll, so the count is a multiple). Checked in the generated assembly,
     so targets this host cannot run are covered too; vpmaddwd stays vpmaddwd (on a VNNI target
     LLVM would fuse it with the add into vpdpwssd)."""
@@ -382,7 +382,8 @@ def test_probes_follow_the_target_features_and_keep_their_chains_in_registers(sp
         for loop in loops:
             issued = sum(bool(re.match(pattern, i)) for i in loop)
             accumulators = {i.split(",")[-1].strip() for i in loop if re.match(accumulate, i)}
-            assert issued % probes.ACCUMULATORS == 0 and len(accumulators) == probes.ACCUMULATORS, (kind[0], loop)
+            chains = probes.accumulators(16 if width == "zmm" else 8)
+            assert issued % chains == 0 and len(accumulators) == chains, (kind[0], loop)
             assert not [i for i in loop if re.search(r"%r[sb]p\)", i)], (f"{kind[0]} spills in its loop", loop)
             assert not [i for i in loop if i.startswith("vpdpwssd")], loop
 

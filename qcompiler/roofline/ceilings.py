@@ -30,7 +30,7 @@ from ..errors import QCompilerError
 from ..output_files import write_text_atomic
 from ..target import host_cpu_flags
 
-PROBE_VERSION = 3  # bump when a probe changes: cached ceilings of older probes are ignored
+PROBE_VERSION = 4  # bump when a probe changes: cached ceilings of older probes are ignored
 
 
 @dataclass
@@ -165,7 +165,7 @@ def int8_probe_kind(target) -> tuple[str, object, int] | None:
         if _has_feature(target, feature):
             ops_per_instruction = lanes * (2 if pairs else 4) * 2  # int8 (or int16) MACs per lane x 2
             factory = functools.partial(probes.int8_dot_probe, lanes=lanes, intrinsic=intrinsic, pairs=pairs)
-            return name, factory, probes.ACCUMULATORS * ops_per_instruction
+            return name, factory, probes.accumulators(lanes) * ops_per_instruction
     return None
 
 
@@ -175,7 +175,7 @@ def fp32_probe_kind(target) -> tuple[str, object, int] | None:
     from . import probes
     for feature, name, lanes in FP32_PROBES:
         if _has_feature(target, feature):
-            return name, functools.partial(probes.fma_probe, lanes=lanes), probes.ACCUMULATORS * lanes * 2
+            return name, functools.partial(probes.fma_probe, lanes=lanes), probes.accumulators(lanes) * lanes * 2
     return None
 
 
