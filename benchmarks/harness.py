@@ -677,20 +677,18 @@ def peak_kind(target=None) -> str | None:
     return kinds[0] if kinds else None
 
 
-def load_peak(threads: int, repeat: int, target=None, log=print) -> tuple[dict | None, str | None]:
-    """Measure the int8 peak of ``target``'s kernels on `threads` threads now (same run as the kernels):
-    (probe results, probe kind)."""
+def load_peak(threads: int, repeat: int, kind: str | None, log=print) -> dict | None:
+    """Measure peak.py probe ``kind`` (see ``peak_kind``) on `threads` threads now (same run as the
+    kernels); None without a probe or if it fails."""
     import peak as _peak
-    kind = peak_kind(target)
     if kind is None:
-        log(f"no peak probe for target {target!r}; tables without % of peak")
-        return None, None
+        log("no peak probe for this target; tables without % of peak")
+        return None
     try:
-        res = _peak.measure_peaks(threads=threads, kinds=(kind,), per_cpu=False, repeat=repeat)
+        return _peak.measure_peaks(threads=threads, kinds=(kind,), per_cpu=False, repeat=repeat)
     except Exception as err:  # noqa: BLE001 - the tables still print, without % of peak
         log(f"peak measurement failed: {err}")
-        return None, kind
-    return res, kind
+        return None
 
 
 def fresh_workdir(keep: str | None) -> tuple[Path, object]:
@@ -733,9 +731,10 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
     print(f"# {title}, {cpu_model()}, {args.threads} threads per implementation, {args.rounds} interleaved "
           f"round(s) of {args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
     import peak as peak_mod
+    kind = peak_kind(args.target)
     print(f"qcompiler target: {args.target or 'host'}; measuring the peak of its int8 instruction "
-          f"({peak_mod.KINDS[peak_kind(args.target)][0] if peak_kind(args.target) else 'none'}) ...")
-    peaks, kind = load_peak(args.threads, args.repeat, args.target)
+          f"({peak_mod.KINDS[kind][0] if kind else 'none'}) ...")
+    peaks = load_peak(args.threads, args.repeat, kind)
     peak = peak_mod.peak_gops(peaks, args.threads, kind) if kind else None
     if peaks:
         peak_mod.print_peaks(peaks)
