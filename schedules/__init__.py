@@ -34,8 +34,8 @@ def rules_for(target: Target) -> list[dlight.ScheduleRule]:
 def weight_layout(target: Target) -> str:
     """How the lowering should store weights for ``target``: "packed16x4" (the VNNI micro-kernels'
     [N/16, K/4, 16, 4] and [O/16, R, S, C/4, 16, 4]), "pairs16x2" / "pairs8x2" (int16
-    [N/lanes, K/2, lanes, 2] for the exact vpmaddwd dense micro-kernel of AVX-512BW / AVX2 CPUs
-    without VNNI; their convs stay plain) or "plain"."""
+    [N/lanes, K/2, lanes, 2] and [O/lanes, R, S, C/2, lanes, 2] for the exact vpmaddwd
+    micro-kernels of AVX-512BW / AVX2 CPUs without VNNI) or "plain"."""
     if not is_x86(target):
         return "plain"
     if has_vnni(target):

@@ -40,9 +40,8 @@ def q(bb, y, scale, zp, dtype):
     return bb.emit(relax.op.quantize(y, relax.const(np.float32(scale)), _c(zp, dtype), axis=-1, out_dtype=dtype))
 
 
-def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, target=None, ops_out: dict | None = None):
-    """Build main(inputs...) = body(bb, vars), compile with qcompiler (for ``target``, default the
-    host), run on ``inputs`` and return the result (the op summary goes into ``ops_out``)."""
+def build_graph(inputs: dict[str, np.ndarray], body, target=None):
+    """main(inputs...) = body(bb, vars), compiled with qcompiler for ``target`` (default the host)."""
     bb = relax.BlockBuilder()
     params = [relax.Var(n, relax.TensorType(v.shape, str(v.dtype))) for n, v in inputs.items()]
     with bb.function("main", params):
@@ -52,7 +51,12 @@ def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, targe
     out_ty = out.ty
     sig = ModelSignature(tuple(TensorSpec(n, v.shape, str(v.dtype)) for n, v in inputs.items()),
                          (TensorSpec("y", tuple(int(d) for d in out_ty.shape.values), str(out_ty.dtype)),))
-    model = build(bb.get(), sig, target)
+    return build(bb.get(), sig, target)
+
+
+def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, target=None, ops_out: dict | None = None):
+    """``build_graph``, run on ``inputs``: the result (the op summary goes into ``ops_out``)."""
+    model = build_graph(inputs, body, target)
     if target is not None:
         isa.skip_unless_executable(target)  # built (so it compiles everywhere); run only where this CPU can
     ops = model.metadata["ops"]
@@ -195,6 +199,58 @@ def test_near_half_integer_accumulators(kind):
     if kind == "conv2d":
         expected = expected.T.reshape(1, n, m, 1)
     assert_exact(ours, expected)
+
+
+#: Real multipliers per channel: all below 1/2 (every shift >= 32: AVX2 builds apply them as the high
+#: word of the int64 sum, then an int32 shift), and with some >= 1/2 (shifts < 32: the int64 form),
+#: up to 4000, where results reach ~8e9 and must saturate instead of wrapping through int32.
+SHIFT_FORM_REALS = {"high_word": [2.0 ** -30, 1e-6, 3e-4, 0.01, 0.3, 0.49],
+                    "int64": [4000.0, 0.7, 3.0, 1e-3, 0.2, 40.0]}
+
+
+def _shift_form_case(reals: str):
+    """(inputs, graph body, expected) of a dense kernel with ``SHIFT_FORM_REALS[reals]`` per channel."""
+    rng = np.random.default_rng(31)
+    k = 128
+    real = np.array(SHIFT_FORM_REALS[reals])
+    n = len(real)
+    sx, so, zx = f32(2.0 ** -7), f32(1.0), 128
+    sw = (real * so / sx).astype(np.float32)
+    x = np.concatenate([np.full((2, k), 255), np.zeros((2, k)), rng.integers(0, 256, (4, k))]).astype(np.uint8)
+    w = np.where(rng.random((k, n)) < 0.5, -128, 127).astype(np.int8)
+    w[:, 0] = 127  # one column all positive: the all-255 rows reach the accumulator's maximum
+    bias = rng.integers(-100000, 100000, n)
+
+    def body(bb, xv):
+        y = bb.emit(relax.op.matmul(dq(bb, xv, sx, zx), dq(bb, relax.const(w), sw, np.zeros(n, np.int8), axis=1)))
+        bd = dq(bb, relax.const(bias.astype(np.int32)), (np.float32(sx) * sw).astype(np.float32), np.zeros(n, np.int32), 0)
+        return q(bb, bb.emit(relax.op.add(y, bd)), so, 3, "int8")
+
+    exact_real = np.float64(sx) * sw.astype(np.float64) / np.float64(so)
+    return {"x": x}, body, ref.qdense(x, zx, w, np.zeros(n, np.int64), bias, exact_real, 3, "int8")
+
+
+@pytest.mark.parametrize("target", [None, isa.AVX2], ids=["host", "avx2"])
+@pytest.mark.parametrize("reals", sorted(SHIFT_FORM_REALS))
+def test_requantize_shift_forms_at_extreme_accumulators(reals, target):
+    """Both requantize forms (high word + int32 shift, int64 shift) round exactly and saturate at
+    accumulators of either sign near their extremes (rows of 255 and 0 against +-127/-128 weights);
+    results of ~8e9 saturate (the int64 form once narrowed to int32 before clamping and wrapped)."""
+    inputs, body, expected = _shift_form_case(reals)
+    ours = compile_graph(inputs, body, "dense", target)
+    assert 0 < np.count_nonzero(np.abs(expected.astype(int)) < 127)  # not all saturated
+    assert_exact(ours, expected)
+
+
+def test_avx2_requantize_shifts_the_high_word():
+    """On AVX2 (no 64-bit arithmetic shift) the shifts >= 32 become a 32-bit vpsravd on the high word:
+    no emulated 64-bit shift (vpsrlvq) is left; with a shift < 32 the int64 form (vpsrlvq) is kept.
+    Code only: builds for haswell on any host."""
+    high = isa.asm_of(build_graph(*_shift_form_case("high_word")[:2], isa.AVX2))
+    wide = isa.asm_of(build_graph(*_shift_form_case("int64")[:2], isa.AVX2))
+    vector = "[xy]mm"  # 6 channels: xmm and ymm vectors
+    assert isa.count(high, "vpsravd", vector) > 0 and isa.count(high, "vpsrlvq", vector) == 0
+    assert isa.count(wide, "vpsrlvq", vector) > 0
 
 
 # ------------------------------------------------------------------------------------------- conv2d

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from .common import epilogue, requantize_value
+from .common import epilogue, requantize_value, shift_constant
 
 
 def qdense(x, w, multiplier, offset, shift, weight_zero_point=None, *, zero_point: int, lo, hi, out_dtype: str,
@@ -46,7 +46,7 @@ def qbatch_matmul(a, b, *, a_zero_point: int, b_zero_point: int, multiplier: int
         (a[p, i, k].astype("int32") - a_zero_point) * (b[p, k, j].astype("int32") - b_zero_point), axis=k),
         name="acc")
     return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
-        acc[p, i, j], te.const(multiplier, "int32"), te.const(offset, "int64"), te.const(shift, "int64"),
+        acc[p, i, j], te.const(multiplier, "int32"), te.const(offset, "int64"), shift_constant(shift),
         zero_point, lo, hi, out_dtype), name="requant")
 
 
@@ -131,7 +131,7 @@ def qbatch_matmul_packed(a, b, *, a_zero_point: int, b_zero_point: int, multipli
     def value(p, i, j):
         return acc[p, i, j] - zb * rowsum[p, i] - a_zero_point * colsum[p, j] + constant
     return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
-        value(p, i, j), tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
+        value(p, i, j), tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), shift_constant(shift),
         zero_point, lo, hi, out_dtype), name="requant")
 
 
@@ -175,7 +175,7 @@ def qbatch_matmul_pairs(a, b, *, a_zero_point: int, b_zero_point: int, multiplie
         aw[p, i, k].astype("int32") * bp[p, j // lanes, k // 2, j % lanes, k % 2].astype("int32"), axis=k),
         name="acc")
     return te.compute((batch, m_dim, n_dim), lambda p, i, j: requantize_value(
-        acc[p, i, j], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), tirx.const(shift, "int64"),
+        acc[p, i, j], tirx.const(multiplier, "int32"), tirx.const(offset, "int64"), shift_constant(shift),
         zero_point, lo, hi, out_dtype), name="requant")
 
 

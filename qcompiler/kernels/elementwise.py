@@ -14,12 +14,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from .common import broadcast_load
-
-
-def _clamp_cast(v, zero_point: int, lo: int, hi: int, out_dtype: str):
-    v = v.astype("int32") + tirx.const(zero_point, "int32")
-    return te.max(te.min(v, tirx.const(hi, "int32")), tirx.const(lo, "int32")).astype(out_dtype)
+from .common import broadcast_load, clamp_shifted, shift_constant
 
 
 def _centered(t, indices, zp: int):
@@ -29,21 +24,21 @@ def _centered(t, indices, zp: int):
 def requantize(x, *, input_zero_point: int, multiplier: int, offset: int, shift: int, zero_point: int, lo: int,
                hi: int, out_dtype: str):
     """Per-tensor requantize of an integer tensor to new (scale, zero point, dtype)."""
-    return te.compute(x.shape, lambda *i: _clamp_cast(
-        (_centered(x, i, input_zero_point) * tirx.const(multiplier, "int64") + tirx.const(offset, "int64"))
-        >> tirx.const(shift, "int64"), zero_point, lo, hi, out_dtype), name="requant")
+    return te.compute(x.shape, lambda *i: clamp_shifted(
+        _centered(x, i, input_zero_point) * tirx.const(multiplier, "int64") + tirx.const(offset, "int64"),
+        shift_constant(shift), zero_point, lo, hi, out_dtype), name="requant")
 
 
 def qadd(a, b, *, out_shape, a_zero_point: int, b_zero_point: int, a_multiplier: int, b_multiplier: int, shift: int,
          offset: int, zero_point: int, lo: int, hi: int, out_dtype: str):
-    return te.compute(out_shape, lambda *i: _clamp_cast(
-        (_centered(a, i, a_zero_point) * tirx.const(a_multiplier, "int64")
-         + _centered(b, i, b_zero_point) * tirx.const(b_multiplier, "int64") + tirx.const(offset, "int64"))
-        >> tirx.const(shift, "int64"), zero_point, lo, hi, out_dtype), name="requant")
+    return te.compute(out_shape, lambda *i: clamp_shifted(
+        _centered(a, i, a_zero_point) * tirx.const(a_multiplier, "int64")
+        + _centered(b, i, b_zero_point) * tirx.const(b_multiplier, "int64") + tirx.const(offset, "int64"),
+        shift_constant(shift), zero_point, lo, hi, out_dtype), name="requant")
 
 
 def qmul(a, b, *, out_shape, a_zero_point: int, b_zero_point: int, multiplier: int, offset: int, shift: int,
          zero_point: int, lo: int, hi: int, out_dtype: str):
-    return te.compute(out_shape, lambda *i: _clamp_cast(
-        (_centered(a, i, a_zero_point) * _centered(b, i, b_zero_point) * tirx.const(multiplier, "int64")
-         + tirx.const(offset, "int64")) >> tirx.const(shift, "int64"), zero_point, lo, hi, out_dtype), name="requant")
+    return te.compute(out_shape, lambda *i: clamp_shifted(
+        _centered(a, i, a_zero_point) * _centered(b, i, b_zero_point) * tirx.const(multiplier, "int64")
+        + tirx.const(offset, "int64"), shift_constant(shift), zero_point, lo, hi, out_dtype), name="requant")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
-from .common import requantize_value
+from .common import requantize_value, shift_constant
 
 
 def qavg_pool2d(x, *, pool_size, strides, padding, input_zero_point: int, multiplier: int, offset: int, shift: int,
@@ -47,5 +47,5 @@ def qavg_pool2d(x, *, pool_size, strides, padding, input_zero_point: int, multip
     acc = te.compute(shape, window_sum, name="acc")
     return te.compute(shape, lambda *i: requantize_value(
         acc[i], tirx.const(multiplier, "int32" if multiplier < 1 << 31 else "int64"), tirx.const(offset, "int64"),
-        tirx.const(shift, "int64"),
+        shift_constant(shift),
         zero_point, lo, hi, out_dtype), name="requant")

@@ -40,6 +40,12 @@ def _int_const(values, dtype: str) -> tvm.ir.GenericConst:
     return relax.const(np.ascontiguousarray(np.asarray(values).astype(dtype)), dtype)
 
 
+def _shift_const(shift: np.ndarray) -> tvm.ir.GenericConst:
+    """Per-channel requantize shifts in the form the kernels take (``kernels.shift_operand``)."""
+    operand = kernels.shift_operand(shift)
+    return _int_const(operand, str(operand.dtype))
+
+
 def _signed_weight(w: QConstant) -> tuple[np.ndarray, np.ndarray]:
     """Weights as int8 (VNNI multiplies u8 x s8): uint8 weights shift by -128 with their zero point."""
     q, zp = w.q.astype(np.int64), w.zero_point
@@ -341,7 +347,7 @@ class _Lowerer(relax.PyExprMutator):
                 params = (None, _int_const(acc_offset, "int32"), None)
             else:
                 params = (_int_const(fp.multiplier, "int32"), _int_const(fp.offset(acc_offset), "int64"),
-                          _int_const(fp.shift, "int64"))
+                          _shift_const(fp.shift))
             if d.kind == "dense":
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
                 if packed:
