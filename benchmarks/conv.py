@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
     header = (f"# int8 conv2d (H x W x C, R x S[/stride] -> K), N=1, {args.threads} threads, GOP/s = "
               f"2*K*C/groups*R*S*OH*OW / median time; % peak of the {args.threads}-thread int8 peak (the instruction of the target's kernels) measured "
-              "now ({peak} GOP/s); vs best ORT = median / faster correct ORT form of that layer; "
+              "beside each layer (peak beside: the highest of the probes run before each round; start-up probe {peak} GOP/s); vs best ORT = median / faster correct ORT form of that layer; "
               "load = other processes' CPU use")
     return harness.run_suite("conv", "int8 conv2d (N=1)", args, __file__, ORT_IMPLS, parse_layers(args.layers),
                              lambda layer, runner, suite: run_layer(layer, args, runner, suite, impls),

@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     impls = [i for i in IMPLS if not args.only or i in args.only.split(",")]
     header = (f"# int8 GEMM (M x K x N), {args.threads} threads, GOP/s = 2*M*N*K / median time; "
-              f"% peak of the {args.threads}-thread int8 peak (the instruction of the target's kernels) measured now ({{peak}} GOP/s); "
+              f"% peak of the {args.threads}-thread int8 peak (the instruction of the target's kernels) measured beside each shape (peak beside: the highest of the probes run before each round; start-up probe {{peak}} GOP/s); "
               "vs best ORT = median / best correct ORT variant of that shape; load = other processes' CPU use")
     return harness.run_suite("gemm", "int8 GEMM", args, __file__, ORT_IMPLS, parse_shapes(args.shapes),
                              lambda shape, runner, suite: run_shape(*shape, args, runner, suite, impls),

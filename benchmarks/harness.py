@@ -482,9 +482,30 @@ class Suite:
     ``ratio_to`` of a row = its median GOP/s / the best peer row of the same case among ``peer_impls``.
     """
 
-    def __init__(self, kind: str, peak_gops: float | None, peer_impls: list[str]):
+    def __init__(self, kind: str, peak_gops: float | None, peer_impls: list[str], measure_peak=None):
         self.kind, self.peak, self.peer_impls = kind, peak_gops, peer_impls
         self.rows: list[dict] = []
+        self.measure_peak = measure_peak  # () -> GOP/s now, called beside every round of a case
+        self.case_peaks: dict[str, list[float]] = {}
+
+    def note_peak(self, case: str) -> None:
+        """Measure the peak again beside a round of ``case`` (if there is a probe)."""
+        if self.measure_peak is not None:
+            try:
+                self.case_peaks.setdefault(case, []).append(self.measure_peak())
+            except Exception as err:  # noqa: BLE001 - the start-up peak still applies
+                print(f"peak beside {case} failed: {err}")
+
+    def peak_for(self, case: str) -> float | None:
+        """The peak a case is compared with: the highest of the probes beside its rounds (neighbours
+        only ever slow a probe down, so the highest is the truest and never flatters a kernel), else
+        the start-up one."""
+        beside = self.case_peaks.get(case)
+        return float(max(beside)) if beside else self.peak
+
+    def percent_peak(self, row: dict) -> float | None:
+        peak = self.peak_for(row["case"])
+        return 100 * row["gops"]["median"] / peak if peak and "gops" in row else None
 
     def add(self, case: str, impl: str, ops: float, result: dict | None, check: dict | None,
             config: str = "", variants: list[dict] | None = None, error: str | None = None) -> dict:
@@ -512,26 +533,27 @@ class Suite:
         return row["gops"]["median"] / ref["gops"]["median"] if ref else None
 
     def print(self, out=print) -> None:
-        header = ["case", "implementation", "config", "median us", "median GOP/s", "min-max GOP/s", "% peak",
-                  "vs best ORT", "load", "check"]
+        header = ["case", "implementation", "config", "median us", "median GOP/s", "min-max GOP/s", "peak beside",
+                  "% peak", "vs best ORT", "load", "check"]
         rows, last = [], None
         for r in self.rows:
             case = r["case"] if r["case"] != last else ""
             last = r["case"]
             if "gops" not in r:
-                rows.append([case, r["impl"], r["config"], "", "n/a" if r["error"] else "-", "", "", "", "",
+                rows.append([case, r["impl"], r["config"], "", "n/a" if r["error"] else "-", "", "", "", "", "",
                              (r["error"] or "")[:160]])
                 continue
             g = r["gops"]
-            peak = f"{100 * g['median'] / self.peak:.0f}%" if self.peak else "-"
+            pct = self.percent_peak(r)
+            peak = "-" if pct is None else f"{pct:.0f}%"
             ratio = self.ratio(r)
             load = (r["result"] or {}).get("foreign_load")
             rows.append([case, r["impl"], r["config"], fmt_num(r["seconds"]["median"] * 1e6, 1), fmt_num(g["median"]),
-                         f"{g['min']:,.0f}-{g['max']:,.0f}", peak,
+                         f"{g['min']:,.0f}-{g['max']:,.0f}", fmt_num(self.peak_for(r["case"])), peak,
                          "-" if ratio is None else f"{ratio:.2f}x",
                          "-" if load is None else (f"{load:.0%}" + ("!" if load > LOAD_LIMIT else "")),
                          ok_text(r["check"])])
-        print_table(header, rows, "lllrrrrrrl", out=out)
+        print_table(header, rows, "lllrrrrrrrl", out=out)
 
     def geomean(self, impl: str, ref_impl: str | None) -> tuple[float | None, int]:
         ratios = [self.ratio(r, ref_impl) for r in self.rows
@@ -539,7 +561,16 @@ class Suite:
         ratios = [x for x in ratios if x]
         return geomean(ratios), len(ratios)
 
+    def geomean_percent_peak(self, impl: str) -> tuple[float | None, int]:
+        """Geometric mean of ``impl``'s % of the peak beside it over its correct rows."""
+        pcts = [self.percent_peak(r) for r in self.rows if r["impl"] == impl and (r["check"] or {}).get("ok")]
+        pcts = [x for x in pcts if x]
+        return geomean(pcts), len(pcts)
+
     def to_json(self) -> list[dict]:
+        for r in self.rows:
+            r["peak_beside"] = self.case_peaks.get(r["case"])
+            r["percent_peak"] = self.percent_peak(r)
         return self.rows
 
 
@@ -607,6 +638,7 @@ def run_jobs(runner: Runner, suite: "Suite", case: str, ops: float, jobs: list[J
     implementation's row."""
     per_job: list[list[list[dict]]] = [[] for _ in jobs]
     for _ in range(rounds):
+        suite.note_peak(case)
         for i, job in enumerate(jobs):
             per_job[i].append(measure_variants(runner, case, job.impl, job.variants, ops, job.reference,
                                                job.tolerance, post=job.post, log=log))
@@ -736,9 +768,12 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
           f"({peak_mod.KINDS[kind][0] if kind else 'none'}) ...")
     peaks = load_peak(args.threads, args.repeat, kind)
     peak = peak_mod.peak_gops(peaks, args.threads, kind) if kind else None
+    beside = None
     if peaks:
         peak_mod.print_peaks(peaks)
-    return runner, Suite(kind, peak, ort_impls), peaks, keepalive
+        if peak is not None:
+            beside = peak_mod.beside_probe(peaks, kind, args.threads)
+    return runner, Suite(kind, peak, ort_impls, beside), peaks, keepalive
 
 
 def run_suite(kind: str, title: str, args, script: str, ort_impls: list[str], cases: list, run_case,
@@ -769,6 +804,11 @@ def finish_suite(kind: str, suite: Suite, args, peaks, total: float, ratios, uni
         g, n = suite.geomean(impl, ref)
         geo[label] = {"geomean": g, unit: n}
         print(f"geomean {label}: {'-' if g is None else f'{g:.2f}x'} over {n} {unit[:-1]}(s)")
+    for impl in dict.fromkeys(r["impl"] for r in suite.rows if r["impl"].startswith("qcompiler")):
+        g, n = suite.geomean_percent_peak(impl)
+        if g is not None:
+            geo[f"{impl} % of peak"] = {"geomean": g, unit: n}
+            print(f"geomean {impl} % of the peak measured beside each {unit[:-1]}: {g:.0f}% over {n} {unit[:-1]}(s)")
     print(f"total {total:.0f} s")
     path = write_json(args.json or default_json_path(kind), {
         "meta": run_metadata(args.threads, args), "peak": peaks, "peak_gops": suite.peak,

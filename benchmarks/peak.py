@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+
 import harness  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parent / "peak_kernels.c"
@@ -152,6 +154,20 @@ def measure_peaks(threads: int = 2, kinds=("vnni", "fma"), per_cpu: bool = True,
             res["threads"][str(threads)] = probe(exe, kind, cpus[:threads], repeat, target)
         out[kind] = res
     return out
+
+
+def beside_probe(peaks: dict, kind: str, threads: int, repeat: int = 5):
+    """A function measuring the ``threads``-thread ``kind`` peak again, briefly (``repeat`` runs of the
+    start-up probe's length): its median GOP/s. The suites call it beside every round of every case, so
+    that a kernel is compared with the peak of the same minutes (this VM's neighbours slow both the
+    probe and the kernels by up to ~40% for seconds to minutes)."""
+    start = peaks[kind]["threads"][str(threads)]
+    exe, cpus, iters = Path(peaks["probe"]), start["cpus"], start["iters"]
+
+    def measure() -> float:
+        gops, _, _ = _run(exe, kind, threads, iters, repeat, cpus)
+        return float(np.median(gops))
+    return measure
 
 
 def peak_gops(peaks: dict | None, threads: int, kind: str = "vnni") -> float | None:
