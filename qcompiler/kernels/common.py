@@ -15,8 +15,10 @@ def high_word_shifts(target=None) -> bool:
     three more instructions per vector; the 1x1 conv of ResNet-50's first stage ran 10-15% faster).
     With AVX-512's vpsravq (or NEON's sshl) the int64 form is as short and stays."""
     from tvm.target import Target, codegen
+
+    from ..target import is_x86
     target = target or Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm" or "x86" not in str(target.attrs.get("mtriple", "x86_64")):
+    if target is None or not is_x86(target):
         return False
     return not codegen.llvm_cpu_has_features(["avx512f"], target)
 
