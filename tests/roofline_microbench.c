@@ -39,9 +39,9 @@ static double seconds(void) {
 #define FMA_Y(i) "vfmadd231ps %%ymm13, %%ymm12, %%ymm" #i "\n\t"
 #define ZERO_Z(i) "vpxord %%zmm" #i ", %%zmm" #i ", %%zmm" #i "\n\t"
 #define ZERO_Y(i) "vpxor %%ymm" #i ", %%ymm" #i ", %%ymm" #i "\n\t"
-#define ZMM "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", \
+#define zmm_CLOBBERS "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", \
             "zmm12", "zmm13", "zmm14", "zmm15"
-#define YMM "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", "ymm8", "ymm9", "ymm10", "ymm11", \
+#define ymm_CLOBBERS "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", "ymm8", "ymm9", "ymm10", "ymm11", \
             "ymm12", "ymm13", "ymm14", "ymm15"
 /* vpmaddwd into the product register of chain i's parity, then add it to accumulator i */
 #define PAIR_Z(i, p) "vpmaddwd %%zmm13, %%zmm12, %%zmm" #p "\n\t vpaddd %%zmm" #p ", %%zmm" #i ", %%zmm" #i "\n\t"
@@ -53,35 +53,20 @@ static const int ONES[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
 static const float SMALL[16] = {1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f,
                                 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f};
 
-static void vpdpbusd_zmm(long n) {
-    __asm__ volatile("vmovdqu32 (%[o]), %%zmm12\n\t vmovdqu32 (%[o]), %%zmm13\n\t" X12(ZERO_Z)
-                     "1:\n\t" X12(DPBUSD_Z) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
-                     : [n] "+r"(n) : [o] "r"(ONES) : ZMM, "cc", "memory");
-}
+/* One probe loop: load the two operand registers from ``data``, zero the accumulators, then run
+   ``body`` (12 chains) n times. */
+#define PROBE_LOOP(name, load, zero, body, data, regs)                                                      \
+    static void name(long n) {                                                                            \
+        __asm__ volatile(load " (%[o]), %%" #regs "12\n\t " load " (%[o]), %%" #regs "13\n\t" X12(zero)  \
+                         "1:\n\t" body "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"                         \
+                         : [n] "+r"(n) : [o] "r"(data) : regs##_CLOBBERS, "cc", "memory");                  \
+    }
 
-static void vpmaddwd_zmm(long n) {
-    __asm__ volatile("vmovdqu32 (%[o]), %%zmm12\n\t vmovdqu32 (%[o]), %%zmm13\n\t" X12(ZERO_Z)
-                     "1:\n\t" PAIRS(PAIR_Z) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
-                     : [n] "+r"(n) : [o] "r"(ONES) : ZMM, "cc", "memory");
-}
-
-static void fma_zmm(long n) {
-    __asm__ volatile("vmovups (%[o]), %%zmm12\n\t vmovups (%[o]), %%zmm13\n\t" X12(ZERO_Z)
-                     "1:\n\t" X12(FMA_Z) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
-                     : [n] "+r"(n) : [o] "r"(SMALL) : ZMM, "cc", "memory");
-}
-
-static void vpmaddwd_ymm(long n) {
-    __asm__ volatile("vmovdqu (%[o]), %%ymm12\n\t vmovdqu (%[o]), %%ymm13\n\t" X12(ZERO_Y)
-                     "1:\n\t" PAIRS(PAIR_Y) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
-                     : [n] "+r"(n) : [o] "r"(ONES) : YMM, "cc", "memory");
-}
-
-static void fma_ymm(long n) {
-    __asm__ volatile("vmovups (%[o]), %%ymm12\n\t vmovups (%[o]), %%ymm13\n\t" X12(ZERO_Y)
-                     "1:\n\t" X12(FMA_Y) "dec %[n]\n\t jnz 1b\n\t vzeroupper\n\t"
-                     : [n] "+r"(n) : [o] "r"(SMALL) : YMM, "cc", "memory");
-}
+PROBE_LOOP(vpdpbusd_zmm, "vmovdqu32", ZERO_Z, X12(DPBUSD_Z), ONES, zmm)
+PROBE_LOOP(vpmaddwd_zmm, "vmovdqu32", ZERO_Z, PAIRS(PAIR_Z), ONES, zmm)
+PROBE_LOOP(fma_zmm, "vmovups", ZERO_Z, X12(FMA_Z), SMALL, zmm)
+PROBE_LOOP(vpmaddwd_ymm, "vmovdqu", ZERO_Y, PAIRS(PAIR_Y), ONES, ymm)
+PROBE_LOOP(fma_ymm, "vmovups", ZERO_Y, X12(FMA_Y), SMALL, ymm)
 
 typedef struct {
     const char *name;
