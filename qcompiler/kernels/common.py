@@ -24,22 +24,20 @@ def high_word_shifts(target=None) -> bool:
 
 
 def shift_operand(shift, target=None):
-    """The shift operand the kernels take for requantize shifts ``s`` (a numpy array per channel, or an
-    int): ``s - 32`` as int32 when ``high_word_shifts(target)`` and every ``s >= 32`` (the usual case:
-    real multipliers below 1/2), else ``s`` as int64. ``clamp_shifted`` tells the forms apart by
-    that dtype."""
+    """The shift operand the kernels take for requantize shifts ``s`` (a numpy array, per channel):
+    ``s - 32`` as int32 when ``high_word_shifts(target)`` and every ``s >= 32`` (the usual case: real
+    multipliers below 1/2), else ``s`` as int64. ``clamp_shifted`` tells the forms apart by that dtype."""
     import numpy as np
     values = np.asarray(shift)
-    high = high_word_shifts(target) and values.size > 0 and int(values.min()) >= HIGH_WORD
-    if values.ndim == 0:
-        return int(values) - HIGH_WORD if high else int(values)
-    return (values - HIGH_WORD).astype(np.int32) if high else values.astype(np.int64)
+    if high_word_shifts(target) and values.size > 0 and int(values.min()) >= HIGH_WORD:
+        return (values - HIGH_WORD).astype(np.int32)
+    return values.astype(np.int64)
 
 
 def shift_constant(shift: int) -> tirx.PrimExpr:
     """A per-tensor shift as the TIR constant of ``shift_operand``'s form (for the current target)."""
-    high = high_word_shifts() and shift >= HIGH_WORD
-    return tirx.const(shift_operand(shift), "int32" if high else "int64")
+    operand = shift_operand([shift])
+    return tirx.const(int(operand[0]), str(operand.dtype))
 
 
 def _dtype(expr) -> str:
