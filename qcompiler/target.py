@@ -38,8 +38,6 @@ class CPUClass:
     name: str
     mcpu: str
     mattr: tuple[str, ...]
-    int8_instruction: str  # the instruction the int8 kernels of this class multiply with
-    examples: str
 
     def target_spec(self, num_cores: int | None = None) -> dict:
         spec = {"kind": "llvm", "mcpu": self.mcpu, "num-cores": num_cores or usable_cpus()}
@@ -49,12 +47,12 @@ class CPUClass:
 
 
 #: Most specific first: a CPU belongs to the first class whose features it has.
+#: (The int8 kernels multiply with vpdpbusd zmm / vpdpbusd ymm / vpmaddwd zmm / vpmaddwd ymm.)
 CPU_CLASSES = (
-    CPUClass("x86-avx512-vnni", "x86-64-v4", ("+avx512vnni",), "vpdpbusd zmm",
-             "Intel Cascade Lake / Ice Lake / Sapphire Rapids, AMD Zen 4 / Zen 5"),
-    CPUClass("x86-avxvnni", "x86-64-v3", ("+avxvnni",), "vpdpbusd ymm", "Intel Alder Lake and later client CPUs"),
-    CPUClass("x86-avx512", "x86-64-v4", (), "vpmaddwd zmm", "Intel Skylake-SP / Skylake-X"),
-    CPUClass("x86-avx2", "x86-64-v3", (), "vpmaddwd ymm", "Intel Haswell and later, AMD Zen 1-3"),
+    CPUClass("x86-avx512-vnni", "x86-64-v4", ("+avx512vnni",)),  # Cascade Lake .. Sapphire Rapids, Zen 4/5
+    CPUClass("x86-avxvnni", "x86-64-v3", ("+avxvnni",)),  # Intel Alder Lake and later client CPUs
+    CPUClass("x86-avx512", "x86-64-v4", ()),  # Intel Skylake-SP / Skylake-X
+    CPUClass("x86-avx2", "x86-64-v3", ()),  # Intel Haswell and later, AMD Zen 1-3
 )
 PRESETS = {c.name: c for c in CPU_CLASSES}
 
