@@ -43,13 +43,18 @@ def test_host_target_carries_the_host_features():
         assert (feature in host_features()) == (flag in flags), feature
 
 
+def _znver4_with(features_on: set) -> dict:
+    """A znver4 target (a CPU name that implies AVX-512) with exactly `features_on` of the ISA features."""
+    mattr = [("+" if f in features_on else "-") + f for f in X86_ISA_FEATURES]
+    return resolve_target({"kind": "llvm", "mcpu": "znver4", "mattr": mattr, "num-cores": 2})
+
+
 def test_masked_avx512_gets_avx2_code():
     """A VM that hides AVX-512 on an AVX-512 CPU still reports the CPU's name: the features decide.
-    A znver4 target with this host's features but AVX-512 off (so it runs on every AVX2 host) gets
-    the AVX2 kernels (ymm vpmaddwd, no zmm at all)."""
-    masked = [("+" if f in host_features() and not f.startswith("avx512") else "-") + f for f in X86_ISA_FEATURES]
-    target = resolve_target({"kind": "llvm", "mcpu": "znver4", "mattr": masked, "num-cores": 2})
-    assert not any(f.startswith("avx512") for f in required_features(target))
+    A znver4 target with this host's features but AVX-512 and AVX-VNNI off (so it runs on every AVX2
+    host) gets the AVX2 kernels (ymm vpmaddwd, no zmm at all), with the host build's answers."""
+    target = _znver4_with({f for f in host_features() if not f.startswith(("avx512", "avxvnni"))})
+    assert not any(f.startswith(("avx512", "avxvnni")) for f in required_features(target))
     assert schedules.weight_layout(target) == "pairs8x2"
     assert cpu_class(target).name == "x86-avx2"
     model = qcompiler.compile(str(example_path("digits_cnn_qdq.onnx")), target=target)
@@ -60,6 +65,16 @@ def test_masked_avx512_gets_avx2_code():
     for image in images:
         x = image.reshape(host.signature.inputs[0].shape).astype(np.float32)
         np.testing.assert_array_equal(model(x), host(x))
+
+
+def test_masked_avx512_keeps_avxvnni():
+    """Zen 5 and Intel's client CPUs have AVX-VNNI (ymm vpdpbusd) beside AVX-512: with AVX-512 masked,
+    the AVX-VNNI kernels are chosen, on ymm only. Built and checked on every host."""
+    target = _znver4_with({f for f in host_features() if not f.startswith("avx512")} | {"avxvnni"})
+    assert cpu_class(target).name == "x86-avxvnni"
+    assert schedules.weight_layout(target) == "packed16x4"
+    asm = isa.asm_of(qcompiler.compile(str(example_path("digits_cnn_qdq.onnx")), target=target))
+    assert "%zmm" not in asm and isa.count(asm, "vpdpbusd", "ymm") > 0
 
 
 @pytest.mark.parametrize("name,layout", [("x86-avx512-vnni", "packed16x4"), ("x86-avxvnni", "packed16x4"),
