@@ -24,6 +24,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.target import codegen
 
+from qcompiler.kernels import GROUPS_ATTR  # the contract between lowering and templates
+
 from . import intrin_x86
 from .cpu_common import (find_block, fuse_epilogue, kernel_key, loop_extent, parallel_vectorize_spatial,
                          vectorize_epilogue)
@@ -236,7 +238,9 @@ def schedule_conv2d_packed(sch: s_tir.Schedule, target, tunable: bool = False, k
     """NHWC micro-kernel: MR output pixels x NR*lanes output channels, (r, s, C/k_group) inside the tile."""
     acc, out = sch.get_sblock("acc"), sch.get_sblock("requant")
     n, h, w, k, r, s, c = sch.get_loops(acc)
-    candidates = conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // kernel.lanes, kernel)
+    # a grouped conv's tile stays inside one group: NR divides the channel blocks per group
+    groups = int(sch.mod["main"].attrs.get(GROUPS_ATTR, 1))
+    candidates = conv_tile_candidates(loop_extent(sch, w), loop_extent(sch, k) // kernel.lanes // groups, kernel)
     mr, nr, _ = _tile_knobs(sch, candidates, tunable)
     wo, wi = sch.split(w, [None, mr])
     ko, kb, ki = sch.split(k, [None, nr, kernel.lanes])

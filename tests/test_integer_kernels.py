@@ -268,8 +268,8 @@ CONV_CASES = {  # name: (C, H, W, O, R, S, strides, padding (t, l, b, r), dilati
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 @pytest.mark.parametrize("x_dtype,w_dtype,out_dtype", [("uint8", "int8", "uint8"), ("int8", "uint8", "int8")])
-def test_conv2d(case, x_dtype, w_dtype, out_dtype):
-    c, h, wd, o, r, s, strides, padding, dilation, groups = CONV_CASES[case]
+def test_conv2d(case, x_dtype, w_dtype, out_dtype, target=None, cases=CONV_CASES, asm_check=None):
+    c, h, wd, o, r, s, strides, padding, dilation, groups = cases[case]
     x = rand_q((1, c, h, wd), x_dtype)
     w = rand_q((o, c // groups, r, s), w_dtype)
     zx = int(RNG.integers(-30, 30)) + (128 if x_dtype == "uint8" else 0)
@@ -288,10 +288,40 @@ def test_conv2d(case, x_dtype, w_dtype, out_dtype):
         y = bb.emit(relax.op.nn.relu(y))
         return q(bb, y, so, zo, out_dtype)
 
-    ours = compile_graph({"x": x}, body, "conv2d")
+    if asm_check is not None:
+        asm_check(isa.asm_of(build_graph({"x": x}, body, target)))
+    ours = compile_graph({"x": x}, body, "conv2d", target)
     real = np.float64(sx) * sw.astype(np.float64) / np.float64(so)
     expected = ref.qconv2d(x, zx, w, zw, bias, real, zo, out_dtype, strides, padding, dilation, groups, lo=zo)
     assert_exact(ours, expected)
+
+
+GROUPED_CASES = {  # grouped convs whose groups hold whole 16- (or 8-) channel output blocks
+    "g2_16ch": (32, 9, 9, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "g4_16ch_s2": (64, 10, 10, 64, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 4),
+    "g4_8ch": (32, 8, 8, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 4),
+}
+#: CPU class -> (its micro-kernel's instruction, register, output channels per vector)
+CLASS_DOT = {"x86-avx2": ("vpmaddwd", "ymm", 8), "x86-avx512": ("vpmaddwd", "zmm", 16),
+             "x86-avx512-vnni": ("vpdpbusd", "zmm", 16), "x86-avxvnni": ("vpdpbusd", "ymm", 16)}
+
+
+@pytest.mark.parametrize("case", sorted(GROUPED_CASES))
+@pytest.mark.parametrize("cpu_class", sorted(CLASS_DOT))
+@pytest.mark.parametrize("x_dtype,out_dtype", [("uint8", "uint8"), ("int8", "int8")])
+def test_grouped_conv2d_on_the_micro_kernels(case, cpu_class, x_dtype, out_dtype):
+    """Grouped convs (RegNet, ResNeXt) run on each class's micro-kernel when every group has whole
+    vectors of output channels (the plain template ran 64-channel 4-group 3x3 convs 8-18x slower):
+    the code holds the class's dot instruction, the results are exact; a group narrower than the
+    vector stays on the plain template, exact too. Built and checked on every host, run where it can."""
+    from qcompiler.target import resolve_target
+    instruction, register, lanes = CLASS_DOT[cpu_class]
+    micro = (GROUPED_CASES[case][3] // GROUPED_CASES[case][9]) % lanes == 0
+
+    def check(asm: str) -> None:
+        assert (isa.count(asm, instruction, register) > 0) == micro, (instruction, register, micro)
+    test_conv2d(case, x_dtype, "int8", out_dtype, target=resolve_target(cpu_class), cases=GROUPED_CASES,
+                asm_check=check)
 
 
 # ------------------------------------------------------------------------------------------- batch matmul

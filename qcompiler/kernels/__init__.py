@@ -17,6 +17,7 @@ from .pool import qavg_pool2d
 
 KERNEL_ATTR = "qcompiler.kernel"  # the op type: dense, conv2d, batch_matmul, add, ...
 LAYOUT_ATTR = "qcompiler.layout"  # "plain", or "packed16x4" for the VNNI micro-kernels' weight layout
+GROUPS_ATTR = "qcompiler.groups"  # a grouped conv's group count (absent: 1)
 
-__all__ = ["KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_conv_weight_pairs", "qconv2d_packed_pairs", "pack_dense_weight", "pack_dense_weight_pairs", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qbatch_matmul_pairs", "qconv2d", "qdense",
+__all__ = ["GROUPS_ATTR", "KERNEL_ATTR", "LAYOUT_ATTR", "pack_conv_weight", "pack_conv_weight_pairs", "qconv2d_packed_pairs", "pack_dense_weight", "pack_dense_weight_pairs", "qconv2d_packed", "qadd", "qavg_pool2d", "qbatch_matmul", "qbatch_matmul_packed", "qbatch_matmul_pairs", "qconv2d", "qdense",
            "qdense_packed", "qdense_packed_pairs", "qdepthwise_conv2d_nhwc", "qmul", "requantize", "shift_operand"]

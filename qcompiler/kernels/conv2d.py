@@ -65,9 +65,10 @@ def pack_conv_weight(w):
 
 def qconv2d_packed(x, wp, multiplier, offset, shift, *, out_channels: int, strides, padding, dilation,
                    pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None,
-                   out_layout: str = "NHWC"):
-    """x [N, H, W, C] (u8, NHWC), wp = pack_conv_weight(w) (groups = 1) -> [N, OH, OW, out_channels] (NHWC;
-    NCHW with ``out_layout``, for a float result leaving the integer region).
+                   out_layout: str = "NHWC", groups: int = 1):
+    """x [N, H, W, C] (u8, NHWC), wp = pack_conv_weight(w) -> [N, OH, OW, out_channels] (NHWC;
+    NCHW with ``out_layout``, for a float result leaving the integer region). Grouped convs (see
+    ``grouped_input_channel``) need whole 16-channel blocks per group and C/groups a multiple of 4.
 
     Stage "pad" copies x into zero-point-padded NHWC with channels rounded up to 4 (the
     micro-kernel reads 4 channels per vpdpbusd lane); "acc" accumulates with output channels
@@ -75,17 +76,29 @@ def qconv2d_packed(x, wp, multiplier, offset, shift, *, out_channels: int, strid
     """
     n_dim, h_dim, w_dim, c_dim = (int(v) for v in x.shape)
     ob, r_dim, s_dim, cq = (int(v) for v in wp.shape[:4])
-    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), cq * 4, pad_value)
+    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), cq * 4 * groups, pad_value)
     sh, sw = strides
     dh, dw = dilation
     r = te.reduce_axis((0, r_dim), "r")
     s = te.reduce_axis((0, s_dim), "s")
     c = te.reduce_axis((0, cq * 4), "c")
+    channel = grouped_input_channel(out_channels, groups, cq * 4)
     acc = te.compute((n_dim, oh, ow, ob * 16), lambda n, h, wi, k: te.sum(
-        xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32")
+        xp[n, h * sh + r * dh, wi * sw + s * dw, channel(k, c)].astype("int32")
         * wp[k // 16, r, s, c // 4, k % 16, c % 4].astype("int32"), axis=[r, s, c]), name="acc")
     return _nhwc_epilogue(acc, out_channels, out_layout, multiplier, offset, shift, zero_point=zero_point, lo=lo,
                           hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)
+
+
+def grouped_input_channel(out_channels: int, groups: int, group_channels: int):
+    """(output channel k, reduction index c) -> the input channel the micro-kernels read: c of k's
+    group. The packed weights of a grouped conv are [O, C/groups, R, S] packed as usual; the kernels
+    require every register tile's output channels in one group (whole channel blocks per group), so
+    the group index is constant in a tile and the broadcast operand stays one address per pixel."""
+    if groups == 1:
+        return lambda k, c: c
+    per_group = out_channels // groups
+    return lambda k, c: (k // per_group) * group_channels + c
 
 
 def _nhwc_epilogue(acc, channels: int, out_layout: str, *params, **kwargs):
@@ -131,23 +144,25 @@ def pack_conv_weight_pairs(w, lanes: int):
 
 def qconv2d_packed_pairs(x, wp, multiplier, offset, shift, *, out_channels: int, strides, padding, dilation,
                          pad_value: int, zero_point: int, lo, hi, out_dtype: str, out_scale=None, out_bias=None,
-                         out_layout: str = "NHWC"):
+                         out_layout: str = "NHWC", groups: int = 1):
     """``qconv2d_packed`` for CPUs without VNNI: x [N, H, W, C] (u8/s8, NHWC), wp =
     pack_conv_weight_pairs(w, lanes) -> NHWC (or NCHW) output.
 
     Stage "pad" always runs: it pads with the zero point and widens x to int16 with channels rounded
-    up to 2, so ``vpmaddwd`` reads 2 input channels of one pixel as one broadcast int16 pair.
+    up to 2, so ``vpmaddwd`` reads 2 input channels of one pixel as one broadcast int16 pair. Grouped
+    convs need whole ``lanes``-channel blocks per group and C/groups even (``grouped_input_channel``).
     """
     n_dim = int(x.shape[0])
     ob, r_dim, s_dim, cq, lanes = (int(v) for v in wp.shape[:5])
-    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), cq * 2, pad_value, "int16")
+    xp, oh, ow = _pad_nhwc(x, padding, strides, dilation, (r_dim, s_dim), cq * 2 * groups, pad_value, "int16")
     sh, sw = strides
     dh, dw = dilation
     r = te.reduce_axis((0, r_dim), "r")
     s = te.reduce_axis((0, s_dim), "s")
     c = te.reduce_axis((0, cq * 2), "c")
+    channel = grouped_input_channel(out_channels, groups, cq * 2)
     acc = te.compute((n_dim, oh, ow, ob * lanes), lambda n, h, wi, k: te.sum(
-        xp[n, h * sh + r * dh, wi * sw + s * dw, c].astype("int32")
+        xp[n, h * sh + r * dh, wi * sw + s * dw, channel(k, c)].astype("int32")
         * wp[k // lanes, r, s, c // 2, k % lanes, c % 2].astype("int32"), axis=[r, s, c]), name="acc")
     return _nhwc_epilogue(acc, out_channels, out_layout, multiplier, offset, shift, zero_point=zero_point, lo=lo,
                           hi=hi, out_dtype=out_dtype, out_scale=out_scale, out_bias=out_bias)

@@ -220,11 +220,22 @@ class _Lowerer(relax.PyExprMutator):
             return expr
         return self.builder_.emit(relax.op.reshape(expr, list(shape)))
 
-    def _kernel(self, fn, kind: str, *args, layout: str = "plain", **kwargs) -> relax.Expr:
-        """Emit kernel ``fn``; ``kind`` and ``layout`` are the attributes the schedules dispatch on."""
+    def _kernel(self, fn, kind: str, *args, layout: str = "plain", groups_attr: int = 1, **kwargs) -> relax.Expr:
+        """Emit kernel ``fn``; ``kind`` and ``layout`` are the attributes the schedules dispatch on
+        (and a grouped conv's group count, which bounds its register tile)."""
         attrs = {kernels.KERNEL_ATTR: kind, kernels.LAYOUT_ATTR: layout}
+        if groups_attr > 1:
+            attrs[kernels.GROUPS_ATTR] = groups_attr
         return self.builder_.emit(self.builder_.call_te(
             fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs=attrs, **kwargs))
+
+    def _grouped_micro_kernel(self, wq: np.ndarray, groups: int) -> bool:
+        """A grouped conv runs on the micro-kernel when every group has whole ``lanes``-channel output
+        blocks and a whole number of ``k_group`` input-channel groups (no padding inside a group);
+        others (e.g. 8-channel groups on zmm) stay on the plain template."""
+        from schedules.x86_vnni import DOT_KERNELS
+        kernel = DOT_KERNELS[self.weight_layout]
+        return (wq.shape[0] // groups) % kernel.lanes == 0 and wq.shape[1] % kernel.k_group == 0
 
     def _packed_weight(self, wq: np.ndarray, kind: str, rows: int = 0) -> tuple:
         """(kernel function, packed weight constant) of the target's micro-kernel: int8 blocks of
@@ -326,12 +337,13 @@ class _Lowerer(relax.PyExprMutator):
             else:
                 wzp = wzp[:, 0, 0, 0]
                 reduce_axes, k_size = (1, 2, 3), int(np.prod(wq.shape[1:]))
-            # micro-kernels with packed weights (VNNI, or vpmaddwd without it): dense, conv2d without
-            # groups, depthwise (convs without weight zero points); the conv ones work channels-last,
-            # NHWC in and out
+            # micro-kernels with packed weights (VNNI, or vpmaddwd without it): dense, conv2d (grouped
+            # ones when each group has whole channel blocks), depthwise (convs without weight zero
+            # points); the conv ones work channels-last, NHWC in and out
             micro = self.weight_layout != "plain" and not (d.kind == "conv2d" and np.any(wzp != 0))
             depthwise = d.kind == "conv2d" and wq.shape[1] == 1 and d.attrs["groups"] == wq.shape[0] > 1
-            packed = micro and (d.kind == "dense" or d.attrs["groups"] == 1)
+            packed = micro and (d.kind == "dense" or d.attrs["groups"] == 1
+                                or (not depthwise and self._grouped_micro_kernel(wq, d.attrs["groups"])))
             channels_last = micro and d.kind == "conv2d" and (packed or depthwise)
             xi, za = self._int_tensor(x.source, "NHWC" if channels_last else "NCHW"), x.params.zero_point
             if packed:
@@ -370,8 +382,8 @@ class _Lowerer(relax.PyExprMutator):
                 else:
                     fn, wp = self._packed_weight(wq, "conv2d")
                     y = self._kernel(fn, "conv2d", xi, wp, *params, **extra_args,
-                                     layout=self.weight_layout, out_channels=wq.shape[0], out_layout=out_layout,
-                                     **geometry, **common)
+                                     layout=self.weight_layout, groups_attr=a["groups"], out_channels=wq.shape[0],
+                                     out_layout=out_layout, groups=a["groups"], **geometry, **common)
                 return y if float_output else ChannelsLast(y)
             return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **extra_args,
                                 groups=a["groups"], **geometry, **common)
