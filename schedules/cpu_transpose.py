@@ -18,9 +18,11 @@ TILE_WRITE = 64   # output-contiguous elements per tile (one 64-byte line of uin
 TILE_READ = 32    # input-contiguous elements per tile
 
 
-def permutation(sch: s_tir.Schedule, block) -> list[int] | None:
-    """For a pure permutation copy ``out[v0..vn] = in[v_p0..v_pn]``: p, the block-var position read
-    by each input axis (the block's loops are in output order). None for any other block."""
+def permutation(sch: s_tir.Schedule, block) -> list[int | None] | None:
+    """For a permutation copy ``out[v0..vn] = in[v_p0..v_pn]``: p, the block-var position read by
+    each input axis (the block's loops are in output order), None where the input is read at a
+    constant index (a Gather with a scalar index fused in, e.g. the q/k/v split of
+    ``nn.MultiheadAttention``: ``out[a, b, c] = in[1, c, a, b]``). None for any other block."""
     stmt = sch.get(block)
     body = stmt.body
     if not isinstance(body, tirx.BufferStore) or not isinstance(body.value, ir.TensorLoad):
@@ -28,21 +30,26 @@ def permutation(sch: s_tir.Schedule, block) -> list[int] | None:
     if stmt.init is not None or len(sch.get_loops(block)) != len(stmt.iter_vars):
         return None
     block_vars = [iv.var for iv in stmt.iter_vars]
+    if not block_vars:
+        return None
 
     def position(index):
         return next((pos for pos, var in enumerate(block_vars) if index.same_as(var)), None)
     out_pos = [position(i) for i in body.indices]
     in_pos = [position(i) for i in body.value.indices]
-    if out_pos != list(range(len(block_vars))) or sorted(p for p in in_pos if p is not None) != out_pos:
+    constants_only = all(isinstance(i, tirx.IntImm) for i, p in zip(body.value.indices, in_pos) if p is None)
+    if out_pos != list(range(len(block_vars))) or sorted(p for p in in_pos if p is not None) != out_pos \
+            or not constants_only:
         return None
     return in_pos
 
 
 def contiguous_runs(in_pos: list[int]) -> list[list[int]]:
     """Output axes grouped into runs that are adjacent, in the same order, on both sides (NHWC ->
-    NCHW: [n], [c], [h, w]); each run can be one loop, the usual dimension collapsing of transposes."""
+    NCHW: [n], [c], [h, w]); each run can be one loop, the usual dimension collapsing of transposes.
+    A constant input index (None) between two axes separates them."""
     runs = [[0]]
-    for axis in range(1, len(in_pos)):
+    for axis in range(1, sum(p is not None for p in in_pos)):
         prev = runs[-1][-1]
         if in_pos.index(axis) == in_pos.index(prev) + 1:
             runs[-1].append(axis)
@@ -77,7 +84,8 @@ class CPUTranspose(dlight.ScheduleRule):
         if in_pos is None:
             return None
         runs = contiguous_runs(in_pos)
-        read_run = next(i for i, run in enumerate(runs) if in_pos[-1] in run)
+        innermost_read = next(p for p in reversed(in_pos) if p is not None)
+        read_run = next(i for i, run in enumerate(runs) if innermost_read in run)
         if read_run == len(runs) - 1:
             return None  # innermost axes agree: the generic vectorized copy is already contiguous
         loops = sch.get_loops(block)

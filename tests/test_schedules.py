@@ -12,6 +12,7 @@ from tvm import s_tir, te
 from tvm.target import Target
 
 import int_reference as ref
+import qcompiler
 import schedules
 from qcompiler.build import build
 from qcompiler.kernels import pack_dense_weight, pack_dense_weight_pairs, qdense_packed, qdense_packed_pairs
@@ -189,3 +190,44 @@ def test_transposes_are_cache_blocked_and_exact(shape, axes, blocked):
                          (TensorSpec("y", tuple(shape[a] for a in axes), "uint8"),))
     model = build(bb.get(), sig, target)
     np.testing.assert_array_equal(model(x=x), x.transpose(axes))
+
+
+@pytest.mark.parametrize("shape,index,axis,perm", [
+    ((3, 4, 8, 16), 1, 0, (1, 0, 2)), ((4, 3, 8, 16), 2, 1, (1, 0, 2)), ((8, 16, 3), 0, 2, (1, 0)),
+    ((2, 3, 8, 16), 1, 1, (0, 2, 1))])
+def test_scalar_index_gather_fused_with_a_permutation(shape, index, axis, perm):
+    """A Gather with a scalar index (the q/k/v split of nn.MultiheadAttention) fused with a
+    transpose reads the input at a constant index: the CPUTranspose rule treats that index as fixed
+    (it used to crash with "3 is not in list") and the result is exact."""
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    xv = relax.Var("x", relax.TensorType(shape, "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            taken = bb.emit(relax.op.take(xv, relax.const(index, "int64"), axis=axis))
+            out = bb.emit_output(relax.op.permute_dims(taken, perm))
+        bb.emit_func_output(out)
+    expected = np.take(x, index, axis=axis).transpose(perm)
+    from qcompiler.signature import ModelSignature, TensorSpec
+    sig = ModelSignature((TensorSpec("x", shape, "float32"),), (TensorSpec("y", expected.shape, "float32"),))
+    model = build(bb.get(), sig, host_target(2))
+    np.testing.assert_array_equal(model(x=x), expected)
+
+
+def test_transformer_encoder_with_multihead_attention_compiles():
+    """torch's nn.TransformerEncoder (nn.MultiheadAttention inside) through ONNX and through the
+    torch frontend: both compile and agree with torch."""
+    import torch
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True), 2).eval()
+    x = torch.randn(1, 8, 32)
+    expected = layer(x).detach().numpy()
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/encoder.onnx"
+        torch.onnx.export(layer, (x,), path, opset_version=17, dynamo=False, input_names=["x"], output_names=["y"])
+        from_onnx = qcompiler.compile(path)
+    from_torch = qcompiler.compile(layer, example_args=(x,))
+    for model in (from_onnx, from_torch):
+        np.testing.assert_allclose(model(x.numpy()), expected, rtol=1e-4, atol=1e-5)
