@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .build import CompiledModel, build
+from .output_files import check_output_path
 
 
 def import_model(model, *, input_shapes: dict | None = None, example_args: tuple | None = None):
@@ -27,6 +28,8 @@ def compile(model, output: str | os.PathLike | None = None, *, target=None, inpu
 
     With ``output``, the deployable library is written there too (atomically).
     """
+    if output is not None:  # before minutes of compiling, not after
+        check_output_path(output, "output", ".so")
     mod, signature, source = import_model(model, input_shapes=input_shapes, example_args=example_args)
     compiled = build(mod, signature, target, source=Path(source).name)  # no local paths inside a shipped .so
     if output is not None:

@@ -73,8 +73,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
                              "build it with `qcompiler compile MODEL -o OUT.so`")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise QCompilerError(f"{path}: the {SECTION} section is corrupt; rebuild the library") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):  # bytes that are not UTF-8 fail before JSON does
+        meta = None
+    if not isinstance(meta, dict):
+        raise QCompilerError(f"{path}: the {SECTION} section is corrupt; rebuild the library")
     if meta.get("format") != FORMAT:
         raise QCompilerError(f"{path}: library format {meta.get('format')!r} is not {FORMAT!r}; rebuild it "
                              "with this qcompiler version")

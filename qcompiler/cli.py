@@ -54,6 +54,8 @@ def _load_inputs(path: str | None, model) -> dict[str, np.ndarray]:
         for s in specs:
             if s.dtype.startswith("float"):
                 feeds[s.name] = rng.standard_normal(s.shape).astype(s.dtype)
+            elif s.dtype == "bool":  # np.iinfo has no bool
+                feeds[s.name] = rng.integers(0, 2, s.shape).astype(bool)
             else:
                 info = np.iinfo(s.dtype)
                 feeds[s.name] = rng.integers(info.min, info.max, s.shape, endpoint=True).astype(s.dtype)

@@ -121,6 +121,48 @@ def test_missing_and_corrupt_model_files(tmp_path):
     assert not out.exists() and list(tmp_path.glob("*.so")) == [] and list(tmp_path.glob("qcompiler-*")) == []
 
 
+def test_library_with_corrupt_metadata_bytes(library, tmp_path):
+    """Bytes in the metadata section that are not UTF-8 (a byte-mutated library) give a one-line
+    error, not a UnicodeDecodeError traceback."""
+    data = bytearray(library.read_bytes())
+    at = data.find(b'"format"')
+    assert at > 0
+    data[at:at + 8] = b"\xff\xfe\xff\xfe\xff\xfe\xff\xfe"
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(bytes(data))
+    for command in ("run", "inspect"):
+        _assert_one_line_error(qc(command, broken, check=False), "broken.so", "corrupt")
+
+
+def test_output_directory_checked_before_compiling(tmp_path):
+    """An output path in a missing directory fails at once, before the model is even read (here the
+    model does not exist either: the output is what is reported)."""
+    import qcompiler
+    from qcompiler.errors import QCompilerError
+    with pytest.raises(QCompilerError, match="does not exist"):
+        qcompiler.compile(str(tmp_path / "missing.onnx"), tmp_path / "no" / "such" / "dir" / "out.so")
+    _assert_one_line_error(qc("compile", tmp_path / "missing.onnx", "-o", tmp_path / "no" / "out.so", check=False),
+                           "does not exist")
+
+
+def test_run_with_a_bool_input(tmp_path):
+    """`qcompiler run` makes random inputs of every dtype, bool included (np.iinfo has none)."""
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [8])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["nx"]), helper.make_node("Where", ["cond", "x", "nx"], ["y"])],
+                              "where", [cond, x], [y])
+    path, out = tmp_path / "where.onnx", tmp_path / "where.so"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    qc("compile", path, "-o", out)
+    proc = qc("run", out, "--outputs", tmp_path / "y.npz")
+    y_out = np.load(tmp_path / "y.npz")["y"]
+    rng = np.random.default_rng(0)  # what `run` documents: a seeded generator, inputs in order
+    cond_in = rng.integers(0, 2, 8).astype(bool)
+    x_in = rng.standard_normal(8).astype(np.float32)
+    np.testing.assert_array_equal(y_out, np.where(cond_in, x_in, -x_in)), proc.stdout
+
+
 def test_unsupported_op_names_node_and_op(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])
