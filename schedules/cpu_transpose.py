@@ -44,7 +44,7 @@ def permutation(sch: s_tir.Schedule, block) -> list[int | None] | None:
     return in_pos
 
 
-def contiguous_runs(in_pos: list[int]) -> list[list[int]]:
+def contiguous_runs(in_pos: list[int | None]) -> list[list[int]]:
     """Output axes grouped into runs that are adjacent, in the same order, on both sides (NHWC ->
     NCHW: [n], [c], [h, w]); each run can be one loop, the usual dimension collapsing of transposes.
     A constant input index (None) between two axes separates them."""

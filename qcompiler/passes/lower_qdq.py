@@ -220,12 +220,12 @@ class _Lowerer(relax.PyExprMutator):
             return expr
         return self.builder_.emit(relax.op.reshape(expr, list(shape)))
 
-    def _kernel(self, fn, kind: str, *args, layout: str = "plain", groups_attr: int = 1, **kwargs) -> relax.Expr:
+    def _kernel(self, fn, kind: str, *args, layout: str = "plain", **kwargs) -> relax.Expr:
         """Emit kernel ``fn``; ``kind`` and ``layout`` are the attributes the schedules dispatch on
         (and a grouped conv's group count, which bounds its register tile)."""
         attrs = {kernels.KERNEL_ATTR: kind, kernels.LAYOUT_ATTR: layout}
-        if groups_attr > 1:
-            attrs[kernels.GROUPS_ATTR] = groups_attr
+        if kwargs.get("groups", 1) > 1:
+            attrs[kernels.GROUPS_ATTR] = kwargs["groups"]
         return self.builder_.emit(self.builder_.call_te(
             fn, *args, primfunc_name_hint=f"q{kind}", primfunc_attrs=attrs, **kwargs))
 
@@ -382,7 +382,7 @@ class _Lowerer(relax.PyExprMutator):
                 else:
                     fn, wp = self._packed_weight(wq, "conv2d")
                     y = self._kernel(fn, "conv2d", xi, wp, *params, **extra_args,
-                                     layout=self.weight_layout, groups_attr=a["groups"], out_channels=wq.shape[0],
+                                     layout=self.weight_layout, out_channels=wq.shape[0],
                                      out_layout=out_layout, groups=a["groups"], **geometry, **common)
                 return y if float_output else ChannelsLast(y)
             return self._kernel(kernels.qconv2d, "conv2d", xi, _int_const(wq, "int8"), *params, **extra_args,
