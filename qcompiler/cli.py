@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -228,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug of ours or a library's: one line, not a traceback
+        if os.environ.get("QCOMPILER_DEBUG"):
+            raise
+        text = str(err).strip()
+        detail = text.splitlines()[-1][:300] if text else ""
+        print(f"error: internal error in `qcompiler {args.command}` ({type(err).__name__}: {detail}); this is a "
+              "qcompiler bug: please report it with the model and command (QCOMPILER_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 3
     return 0
 
 

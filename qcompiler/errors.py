@@ -3,7 +3,8 @@
 Every failure that a user can cause (bad file, unsupported op, wrong input shape, missing CPU
 feature) is raised as ``QCompilerError`` with a one-line message that names the file, node or op
 and says what to do. The CLI turns it into ``error: <message>`` and exit code 2; raw TVM, ONNX or
-torch tracebacks never reach the user.
+torch tracebacks never reach the user (anything else is printed as one ``internal error`` line,
+exit code 3).
 """
 
 

@@ -163,6 +163,23 @@ def test_run_with_a_bool_input(tmp_path):
     np.testing.assert_array_equal(y_out, np.where(cond_in, x_in, -x_in)), proc.stdout
 
 
+def test_an_unexpected_exception_is_one_line(library, monkeypatch, capsys):
+    """Whatever escapes a command (a bug) is printed as one line with exit code 3; the traceback
+    only with QCOMPILER_DEBUG=1."""
+    import qcompiler.cli as cli
+
+    def broken(args):
+        raise KeyError("something internal")
+    monkeypatch.setattr(cli, "cmd_inspect", broken)
+    monkeypatch.delenv("QCOMPILER_DEBUG", raising=False)
+    assert cli.main(["inspect", str(library)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: internal error in `qcompiler inspect` (KeyError:") and "\n" not in err, err
+    monkeypatch.setenv("QCOMPILER_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli.main(["inspect", str(library)])
+
+
 def test_unsupported_op_names_node_and_op(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])

@@ -231,3 +231,18 @@ def test_transformer_encoder_with_multihead_attention_compiles():
     from_torch = qcompiler.compile(layer, example_args=(x,))
     for model in (from_onnx, from_torch):
         np.testing.assert_allclose(model(x.numpy()), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_template_is_reported_with_its_kernel(monkeypatch):
+    """A schedule template that raises (a bug) reaches the user as one QCompilerError naming the
+    kernel and the error, not as a TVM traceback from inside dlight."""
+    import schedules.x86_vnni as xv
+    from qcompiler.errors import QCompilerError
+    from qcompiler.examples import example_path
+
+    def broken(*args, **kwargs):
+        raise ValueError("template bug for the test")
+    target = host_target(2)
+    monkeypatch.setitem(xv.TEMPLATES, ("conv2d", schedules.weight_layout(target)), broken)
+    with pytest.raises(QCompilerError, match=r"scheduling kernel qconv2d\w* \(conv2d.*template bug for the test"):
+        qcompiler.compile(str(example_path("digits_cnn_qdq.onnx")), target=target)
