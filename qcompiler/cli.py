@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QCompilerError
+from .errors import QCompilerError, describe_exception
 
 
 def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]]:
@@ -232,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - a bug of ours or a library's: one line, not a traceback
         if os.environ.get("QCOMPILER_DEBUG"):
             raise
-        text = str(err).strip()
-        detail = text.splitlines()[-1][:300] if text else ""
-        print(f"error: internal error in `qcompiler {args.command}` ({type(err).__name__}: {detail}); this is a "
+        print(f"error: internal error in `qcompiler {args.command}` ({describe_exception(err, 300)}); this is a "
               "qcompiler bug: please report it with the model and command (QCOMPILER_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 3

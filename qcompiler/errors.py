@@ -13,3 +13,10 @@ class QCompilerError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def describe_exception(err: BaseException, limit: int) -> str:
+    """``Type: message`` of an unexpected exception, on one line: the message's last line (TVM's
+    errors carry their C++ traceback first and the message last), at most ``limit`` characters."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1][:limit] if text else ''}"

@@ -12,7 +12,7 @@ import tvm
 from tvm.s_tir import dlight
 from tvm.target import Target, codegen
 
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import QCompilerError, describe_exception
 from qcompiler.target import is_x86
 
 from .cpu_common import kernel_key
@@ -48,14 +48,14 @@ def weight_layout(target: Target) -> str:
     return "plain"
 
 
-def _failing_kernel(mod: tvm.IRModule, target: Target) -> str:
+def _failing_kernel(mod: tvm.IRModule, schedule_pass) -> str:
     """Name and key of the first PrimFunc whose scheduling raises on its own (after a module-wide
     failure, which TVM reports without saying which function it was working on)."""
     for gvar, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
         try:
-            dlight.ApplyDefaultSchedule(*rules_for(target))(tvm.IRModule({gvar: func}))
+            schedule_pass(tvm.IRModule({gvar: func}))
         except Exception:  # noqa: BLE001 - any failure names this kernel
             key = kernel_key(func)
             return gvar.name_hint + (f" ({'/'.join(map(str, key))})" if key else "")
@@ -65,14 +65,14 @@ def _failing_kernel(mod: tvm.IRModule, target: Target) -> str:
 def apply_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """Schedule every PrimFunc of ``mod`` for ``target``; integer kernels must all be taken. A rule
     that raises is a bug of ours (or TVM's): reported as a QCompilerError naming the kernel."""
+    schedule_pass = dlight.ApplyDefaultSchedule(*rules_for(target))
     with target:
         try:
-            mod = dlight.ApplyDefaultSchedule(*rules_for(target))(mod)
+            mod = schedule_pass(mod)
         except Exception as err:  # noqa: BLE001 - TVM raises many types; the user gets one line
-            first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            raise QCompilerError(f"scheduling kernel {_failing_kernel(mod, target)} for {target.attrs.get('mcpu', target.kind.name)} "
-                                 f"failed ({type(err).__name__}: {first[:200]}); this is a qcompiler bug: please "
-                                 "report it with the model") from err
+            raise QCompilerError(f"scheduling kernel {_failing_kernel(mod, schedule_pass)} for "
+                                 f"{target.attrs.get('mcpu', target.kind.name)} failed ({describe_exception(err, 200)}); "
+                                 "this is a qcompiler bug: please report it with the model") from err
     for gvar, func in mod.functions.items():
         key = kernel_key(func)
         if key is not None and not func.attrs.get("tirx.is_scheduled", False):

@@ -18,7 +18,7 @@ from qcompiler.build import build
 from qcompiler.kernels import pack_dense_weight, pack_dense_weight_pairs, qdense_packed, qdense_packed_pairs
 import isa
 from qcompiler.target import host_target
-from test_integer_kernels import dq, f32, q
+from test_integer_kernels import build_graph, dq, f32, q
 from tvm import relax
 
 
@@ -200,18 +200,11 @@ def test_scalar_index_gather_fused_with_a_permutation(shape, index, axis, perm):
     transpose reads the input at a constant index: the CPUTranspose rule treats that index as fixed
     (it used to crash with "3 is not in list") and the result is exact."""
     x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
-    xv = relax.Var("x", relax.TensorType(shape, "float32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            taken = bb.emit(relax.op.take(xv, relax.const(index, "int64"), axis=axis))
-            out = bb.emit_output(relax.op.permute_dims(taken, perm))
-        bb.emit_func_output(out)
-    expected = np.take(x, index, axis=axis).transpose(perm)
-    from qcompiler.signature import ModelSignature, TensorSpec
-    sig = ModelSignature((TensorSpec("x", shape, "float32"),), (TensorSpec("y", expected.shape, "float32"),))
-    model = build(bb.get(), sig, host_target(2))
-    np.testing.assert_array_equal(model(x=x), expected)
+
+    def body(bb, xv):
+        return relax.op.permute_dims(bb.emit(relax.op.take(xv, relax.const(index, "int64"), axis=axis)), perm)
+    model = build_graph({"x": x}, body, host_target(2))
+    np.testing.assert_array_equal(model(x=x), np.take(x, index, axis=axis).transpose(perm))
 
 
 def test_transformer_encoder_with_multihead_attention_compiles():
