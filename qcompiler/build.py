@@ -90,9 +90,9 @@ def build(mod: tvm.IRModule, signature: ModelSignature, target=None, *, source: 
     lowered = lower_to_integer(mod, target)
     summary = summarize_ops(lowered)
     fused = fuse_module(lowered, target)
-    kernels = kernel_inventory(fused)
     import schedules
     scheduled = schedules.apply_schedules(fused, target)
+    kernels = kernel_inventory(fused, scheduled)
     executable = tvm.compile(scheduled, target=target)
     metadata = {
         "source": source,

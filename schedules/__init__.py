@@ -66,6 +66,9 @@ def apply_schedules(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """Schedule every PrimFunc of ``mod`` for ``target``; integer kernels must all be taken. A rule
     that raises is a bug of ours (or TVM's): reported as a QCompilerError naming the kernel."""
     schedule_pass = dlight.ApplyDefaultSchedule(*rules_for(target))
+    # dlight's pass assigns the scheduled PrimFuncs into the module it is given: work on a copy, so the
+    # caller's unscheduled module (the roofline's op counts come from it) stays as it was
+    mod = mod.clone()
     with target:
         try:
             mod = schedule_pass(mod)

@@ -209,12 +209,15 @@ def test_gemm_op_count_is_exact_and_its_rate_matches_an_independent_timing(gemm_
             break
     assert dense.ops == 2 * 512 ** 3 and dense.op_class == "int8" and dense.integer
     weight_bytes = 512 * 512 * (2 if schedules.weight_layout(host_target()).startswith("pairs") else 1)  # int16 for vpmaddwd
-    assert dense.min_bytes == 512 * 512 + weight_bytes + 512 * 512 + 512 * (4 + 8 + 8)  # x, packed W, y, M0/offset/shift
+    # the shift is int64, or int32 (s - 32) where x86 lacks AVX-512's 64-bit arithmetic shift
+    shift_bytes = 8 if "avx512f" in host_features() else 4
+    assert dense.min_bytes == 512 * 512 + weight_bytes + 512 * 512 + 512 * (4 + 8 + shift_bytes)  # x, W, y, M0/off/s
     assert abs(dense.attained_gops / independent - 1) <= 0.10, attempts
 
 
 def test_compute_and_memory_bound_classification(tmp_path):
-    """A 1024^3 GEMM is compute-bound; a MobileNet depthwise conv and a uint8 transpose are memory-bound.
+    """A 1024^3 GEMM is compute-bound; a uint8 transpose is memory-bound, and a MobileNet depthwise
+    conv is bound by whichever side of this machine's ridge point its intensity lies.
 
     The depthwise model's NHWC graph input cancels against the conv's channels-last edge; its NCHW
     output keeps one uint8 transpose kernel (on every x86 class: VNNI, AVX-512BW, AVX2)."""
@@ -227,7 +230,12 @@ def test_compute_and_memory_bound_classification(tmp_path):
     assert int8.name.startswith(int8_probe_kind(host_target())[0]) and dense.roof_gops == pytest.approx(int8.value)
     dw = qcompiler.roofline(qcompiler.compile(qdq_depthwise()), repeat=5)  # a CompiledModel works too
     by_op = {r.op: r for r in dw.kernels}
-    assert by_op["conv2d"].ops == 2 * 96 * 9 * 56 * 56 and by_op["conv2d"].bound == "memory", dw.kernels
+    # ~9 ops/byte: memory-bound where the ridge (int8 ceiling / DRAM bandwidth) lies above that, as on
+    # Zen 4/5 (~13); on a slow AVX2 core (Zen 2 VM: 68 GOP/s / 23 GB/s ~ 3) it is compute-bound
+    conv = by_op["conv2d"]
+    ridge = dw.ceilings.get("int8").value / dw.ceilings.get("dram").value
+    assert conv.ops == 2 * 96 * 9 * 56 * 56 and 7 < conv.intensity < 10, conv
+    assert conv.bound == ("memory" if conv.intensity < ridge else "compute"), (conv, ridge)
     (transpose,) = [r for r in dw.kernels if r.op == "transpose"]
     assert transpose.bound == "memory" and transpose.ops == 0 and transpose.min_bytes == 2 * 96 * 56 * 56, transpose
     # an AVX2 library (runs on every host) is measured against AVX2's instructions, not the host's

@@ -83,9 +83,16 @@ def _call_sites(mod: tvm.IRModule) -> tuple[Counter, dict]:
     return calls, outputs
 
 
-def kernel_inventory(mod: tvm.IRModule) -> list[KernelInfo]:
-    """One KernelInfo per PrimFunc the model calls (fused, unscheduled module)."""
+def kernel_inventory(mod: tvm.IRModule, scheduled: tvm.IRModule | None = None) -> list[KernelInfo]:
+    """One KernelInfo per PrimFunc the model calls (fused, unscheduled module: op counts come from it).
+
+    With ``scheduled`` (the same module after the schedule templates), a PrimFunc that scheduling left
+    a pure reshape (a transpose that moves only unit dims, once simplified) is no kernel: tvm.compile's
+    RewriteDataflowReshape turns its call into a view, so that pass decides here too."""
     calls, outputs = _call_sites(mod)
+    if scheduled is not None:
+        remaining, _ = _call_sites(relax.transform.RewriteDataflowReshape()(scheduled))
+        calls = Counter({name: n for name, n in calls.items() if name in remaining})
     kernels = []
     for gvar, func in mod.functions.items():
         name = gvar.name_hint
