@@ -76,10 +76,11 @@ def exact_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int, groups: int)
     return np.rint(out).reshape(K, OH, OW).astype(np.int64)
 
 
-def make_case(C, H, K, R, stride, pad, groups, x_zero_point, seed) -> dict:
+def make_case(C, H, K, R, stride, pad, groups, x_zero_point, seed, weight_bits: int = 8) -> dict:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (1, C, H, H), dtype=np.uint8)
-    w = rng.integers(-127, 128, (K, C // groups, R, R), dtype=np.int8)
+    low, high = harness.weight_range(weight_bits)
+    w = rng.integers(low, high + 1, (K, C // groups, R, R), dtype=np.int8)
     w_scale = (0.001 + 0.01 * rng.random(K)).astype(np.float32)
     bias = rng.integers(-5000, 5000, K).astype(np.int32)            # quantized with scale x_scale * w_scale
     acc = exact_conv(x[0].astype(np.int64) - x_zero_point, w, stride, pad, groups) + bias[:, None, None]
@@ -165,7 +166,7 @@ def run_layer(layer, args, runner: harness.Runner, suite: harness.Suite, impls: 
     OH = out_size(H, R, stride, pad)
     ops = 2.0 * K * (C // groups) * R * R * OH * OH
     seed = sum(v * 1009 ** i for i, v in enumerate(layer)) % (2 ** 31)
-    case = make_case(C, H, K, R, stride, pad, groups, args.x_zero_point, seed=seed)
+    case = make_case(C, H, K, R, stride, pad, groups, args.x_zero_point, seed=seed, weight_bits=args.weight_bits)
     wd = runner.workdir
     tag = f"conv_{C}_{H}_{K}_{R}_{stride}_{pad}_{groups}"
     import onnx

@@ -44,10 +44,11 @@ Y_ZERO_POINT = 128
 # --------------------------------------------------------------------------------------------------
 # data, exact reference, models
 # --------------------------------------------------------------------------------------------------
-def make_case(M: int, K: int, N: int, x_zero_point: int, seed: int) -> dict:
+def make_case(M: int, K: int, N: int, x_zero_point: int, seed: int, weight_bits: int = 8) -> dict:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (M, K), dtype=np.uint8)
-    w = rng.integers(-127, 128, (K, N), dtype=np.int8)           # symmetric per-channel int8 weights
+    low, high = harness.weight_range(weight_bits)
+    w = rng.integers(low, high + 1, (K, N), dtype=np.int8)       # symmetric per-channel int8 weights
     w_scale = (0.001 + 0.01 * rng.random(N)).astype(np.float32)
     acc = harness.exact_matmul(x.astype(np.int64) - x_zero_point, w)     # what the QDQ graph computes, in integers
     # output scale: the requantized values spread over ~+-100 steps around the zero point (few clip)
@@ -169,7 +170,7 @@ def parse_shapes(text: str | None) -> list[tuple[int, int, int]]:
 def run_shape(M: int, K: int, N: int, args, runner: harness.Runner, suite: harness.Suite, impls: list[str]) -> None:
     name = f"{M}x{K}x{N}"
     ops = 2.0 * M * N * K
-    case = make_case(M, K, N, args.x_zero_point, seed=M * 1_000_003 + K * 1009 + N)
+    case = make_case(M, K, N, args.x_zero_point, seed=M * 1_000_003 + K * 1009 + N, weight_bits=args.weight_bits)
     wd = runner.workdir
     import onnx
     qdq_path, mmi_path = wd / f"gemm_{name}_qdq.onnx", wd / f"gemm_{name}_matmulinteger.onnx"

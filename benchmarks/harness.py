@@ -732,8 +732,22 @@ def fresh_workdir(keep: str | None) -> tuple[Path, object]:
     return Path(tmp.name), tmp
 
 
+#: Symmetric int8 weight ranges by bits: 8 as usual, 7 as ONNX Runtime's ``quantize_static(reduce_range=True)``
+#: writes them. With 7-bit weights no u8 x s8 pair sum leaves int16 (2 * 255 * 64 = 32,640), so the
+#: peers' saturating AVX2 kernels (vpmaddubsw) are exact too: the like-for-like comparison without VNNI.
+WEIGHT_RANGES = {8: (-127, 127), 7: (-64, 64)}
+
+
+def weight_range(bits: int) -> tuple[int, int]:
+    """Inclusive (low, high) of the benchmark's int8 weights for ``--weight-bits``."""
+    return WEIGHT_RANGES[bits]
+
+
 def add_common_args(ap) -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for every implementation (default 2)")
+    ap.add_argument("--weight-bits", type=int, choices=sorted(WEIGHT_RANGES), default=8,
+                    help="weights in [-127, 127] (8, default) or [-64, 64] (7: reduce_range, where ORT's AVX2 "
+                         "kernels are exact)")
     ap.add_argument("--repeat", type=int, default=10, help="measurements per implementation and round (default 10)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds over all implementations of a case, interleaved; measurements pooled (default 3)")
@@ -761,7 +775,8 @@ def start_suite(kind: str, title: str, args, script: str, ort_impls: list[str]):
     runner = Runner(str(Path(script).resolve()), workdir, args.threads, args.repeat, args.min_time,
                     retries=args.retries, quiet_wait=args.quiet_wait)
     print(f"# {title}, {cpu_model()}, {args.threads} threads per implementation, {args.rounds} interleaved "
-          f"round(s) of {args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each")
+          f"round(s) of {args.repeat} measurements x >= {args.min_time * 1e3:.0f} ms each; weights in "
+          "[{}, {}] ({}-bit)".format(*weight_range(args.weight_bits), args.weight_bits))
     import peak as peak_mod
     kind = peak_kind(args.target)
     print(f"qcompiler target: {args.target or 'host'}; measuring the peak of its int8 instruction "

@@ -23,8 +23,10 @@ def __getattr__(name: str):
         from .frontend.onnx_frontend import from_onnx
         return from_onnx
     if name == "roofline":  # the package is callable: qcompiler.roofline(lib_or_model, target=None)
-        from . import roofline
-        return roofline
+        # import_module, not ``from . import roofline``: that form looks the name up on this package
+        # first, which lands here again (endless recursion when roofline is the first thing used)
+        import importlib
+        return importlib.import_module(f"{__name__}.roofline")
     if name == "from_torch":
         from .frontend.torch_frontend import from_torch
         return from_torch

@@ -407,3 +407,12 @@ def test_probes_run_where_the_host_can(spec, int8, fp32):
     for op_class, kind in (("int8", int8_probe_kind(target)), ("fp32", fp32_probe_kind(target))):
         ceiling = measure_compute(kind, 1, target, 3, 0.02, op_class)
         assert ceiling.name == (int8 if op_class == "int8" else fp32) and ceiling.value > 10, ceiling
+
+
+@pytest.mark.parametrize("first", ["roofline", "compile", "load"])
+def test_each_public_name_works_as_the_first_use_of_the_package(first):
+    """``qcompiler.roofline`` as the first attribute used in a fresh process once recursed without end
+    (the lazy ``__getattr__`` re-entered itself); each public name must resolve first."""
+    proc = subprocess.run([sys.executable, "-c", f"import qcompiler; print(callable(qcompiler.{first}))"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
