@@ -44,6 +44,8 @@ def fuse_module(mod: tvm.IRModule, target) -> tvm.IRModule:
     with target:
         return tvm.transform.Sequential([
             passes.vectorizable_erf,
+            passes.precise_layer_norm,
+            passes.small_powers,
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseOps(),

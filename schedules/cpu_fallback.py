@@ -22,7 +22,11 @@ class CPUFallback(dlight.ScheduleRule):
         blocks = sch.get_child_blocks(root)
         if not blocks:
             return None
-        infos = dlight.analysis.normalize_prim_func(sch)
+        # dlight's inlining takes a reduction whose reduction loops all have extent 1 (a mean or average
+        # pool of a 1x1 map) for an elementwise block and folds the next stage (quantize, requantize) into
+        # its update: that stage then runs on partial sums (wrong values, or a float32/float64 mix LLVM
+        # rejects). Such functions keep their stages.
+        infos = None if _has_unit_reduction(sch, blocks) else dlight.analysis.normalize_prim_func(sch)
         if infos is not None:
             infos = try_inline_contiguous_spatial(sch, infos)
             blocks = [info.block_rv for info in infos]
@@ -32,3 +36,12 @@ class CPUFallback(dlight.ScheduleRule):
             except s_tir.ScheduleError:  # an odd block keeps its plain loops
                 continue
         return sch
+
+
+def _has_unit_reduction(sch: s_tir.Schedule, blocks) -> bool:
+    """Whether a block reduces over loops that all have extent 1."""
+    for block in blocks:
+        reduce = [iv for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+        if reduce and all(isinstance(iv.dom.extent, tirx.IntImm) and int(iv.dom.extent) == 1 for iv in reduce):
+            return True
+    return False

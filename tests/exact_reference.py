@@ -396,6 +396,51 @@ def reference_ops() -> list[type]:
         axes = tuple(range(1, x.ndim - 1)) if channels_last else tuple(range(2, x.ndim))
         return x.mean(axis=axes, keepdims=True)
 
+    class GatherElements(OpRun):
+        """ONNX GatherElements: onnx's own fails when the gathered axis is longer than 64 (np.choose's limit,
+        and its fallback reshapes wrongly): BERT's token-type and position ids gather from 512 entries."""
+        op_domain = ""
+
+        def _run(self, data, indices, axis=None):
+            axis = 0 if axis is None else axis
+            indices = np.where(indices < 0, indices + data.shape[axis], indices)
+            return (np.take_along_axis(data, indices.astype(np.int64), axis=axis),)
+
+    class AveragePool(OpRun):
+        """ONNX AveragePool as ONNX Runtime's float kernel and torch compute it: a window is clipped to the
+        padded input (``count_include_pad``) or to the input, and divided by the size of what remains.
+        onnx's own divides a window that reaches past the input by the whole kernel (transformers'
+        EfficientNet pools its 7x7 map with a 1280x1280 ``ceil_mode`` window: onnx gives ~0, ORT the mean)."""
+        op_domain = ""
+
+        def _run(self, x, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None,
+                 kernel_shape=None, pads=None, strides=None):
+            import itertools
+            rank = len(kernel_shape)
+            if auto_pad not in (None, "NOTSET", "VALID", b"NOTSET", b"VALID") or any(d != 1 for d in dilations or []):
+                raise NotImplementedError("AveragePool with auto_pad SAME or dilations")
+            pads = list(pads or [0] * 2 * rank)
+            strides = list(strides or [1] * rank)
+            spatial = x.shape[2:]
+            out_shape = []
+            for i in range(rank):
+                span = spatial[i] + pads[i] + pads[i + rank] - kernel_shape[i]
+                n = (-(-span // strides[i]) if ceil_mode else span // strides[i]) + 1
+                if ceil_mode and (n - 1) * strides[i] >= spatial[i] + pads[i]:
+                    n -= 1  # the last window would start in the end padding
+                out_shape.append(n)
+            y = np.zeros(x.shape[:2] + tuple(out_shape), dtype=x.dtype)
+            for out in itertools.product(*(range(n) for n in out_shape)):
+                lo = [o * strides[i] - pads[i] for i, o in enumerate(out)]
+                hi = [min(lo[i] + kernel_shape[i], spatial[i] + pads[i + rank]) for i in range(rank)]
+                count = int(np.prod([h - l for l, h in zip(lo, hi)]))
+                lo, hi = [max(v, 0) for v in lo], [min(h, spatial[i]) for i, h in enumerate(hi)]
+                if not count_include_pad:
+                    count = int(np.prod([h - l for l, h in zip(lo, hi)]))
+                window = x[(slice(None), slice(None)) + tuple(slice(l, h) for l, h in zip(lo, hi))]
+                y[(slice(None), slice(None)) + out] = window.sum(axis=tuple(range(2, 2 + rank))) / count
+            return (y,)
+
     @_contrib
     class QLinearConcat(OpRun):
         def _run(self, y_scale, y_zero_point, *triples, axis=None):
@@ -408,7 +453,7 @@ def reference_ops() -> list[type]:
             z = np.where(condition, _dequantize(x, x_scale, x_zero_point), _dequantize(y, y_scale, y_zero_point))
             return (_quantize(z, z_scale, z_zero_point, x.dtype),)
 
-    return [QLinearConv, contrib_conv, DynamicQuantizeLinear, QGemm, QLinearConcat, QLinearWhere,
+    return [QLinearConv, GatherElements, AveragePool, contrib_conv, DynamicQuantizeLinear, QGemm, QLinearConcat, QLinearWhere,
             binary("QLinearAdd", np.add), binary("QLinearMul", np.multiply),
             unary("QLinearLeakyRelu", leaky_relu), unary("QLinearSigmoid", sigmoid),
             unary("QLinearSoftmax", softmax), unary("QLinearAveragePool", average_pool),

@@ -329,11 +329,11 @@ def build(
     quant_path = out_dir / f"{name}_{variant}.onnx"
 
     if not fp32_path.exists():
-        _atomic_write(fp32_path, lambda tmp: _export(name, tmp))
+        atomic_write(fp32_path, lambda tmp: _export(name, tmp))
     if not prep_path.exists():
-        _atomic_write(prep_path, lambda tmp: _preprocess(fp32_path, tmp))
+        atomic_write(prep_path, lambda tmp: preprocess(fp32_path, tmp))
     if not quant_path.exists():
-        _atomic_write(
+        atomic_write(
             quant_path,
             lambda tmp: _quantize(name, prep_path, tmp, quant_format, activation, per_channel, op_types,
                                   reduce_range),
@@ -384,7 +384,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown zoo model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via a temp file in the same folder + rename: a cache hit is never a partial file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -397,7 +397,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence the exporter's deprecation warnings and ORT quantization/shape-inference chatter."""
     root = logging.getLogger()
     old_level = root.level
@@ -422,7 +422,7 @@ def export_onnx(model, args: tuple, path: Path | str, input_names: list[str], ou
     import torch
 
     model.eval()
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         torch.onnx.export(
             model, args, str(path), dynamo=False, opset_version=OPSET,
             input_names=input_names, output_names=output_names,
@@ -439,14 +439,15 @@ def _export(name: str, path: Path) -> None:
     export_onnx(model, (x,), path, [INPUT_NAME], [OUTPUT_NAME])
 
 
-def _preprocess(src: Path, dst: Path) -> None:
+def preprocess(src: Path, dst: Path, symbolic_shapes: bool = True) -> None:
     """Shape inference only: ORT's optimizer pass (skipped) would rewrite the transformer's 3-D
     MatMul+Add into Reshape+Gemm+Reshape, hiding its linear layers from ``op_types=["MatMul"]``;
-    for mlp/cnn it changes nothing."""
+    for mlp/cnn it changes nothing. ``symbolic_shapes=False`` uses onnx's shape inference alone, for
+    graphs ORT's symbolic inference rejects (the Reshapes of an exported nn.MultiheadAttention)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with _quiet():
-        quant_pre_process(str(src), str(dst), skip_optimization=True)
+    with quiet():
+        quant_pre_process(str(src), str(dst), skip_optimization=True, skip_symbolic_shape=not symbolic_shapes)
 
 
 def quantize(
@@ -464,7 +465,7 @@ def quantize(
     ``reduce_range``)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    with _quiet():
+    with quiet():
         quantize_static(
             str(fp32_path), str(out_path), ListReader(calib_feeds),
             quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,

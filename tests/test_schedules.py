@@ -239,3 +239,27 @@ def test_a_failing_template_is_reported_with_its_kernel(monkeypatch):
     monkeypatch.setitem(xv.TEMPLATES, ("conv2d", schedules.weight_layout(target)), broken)
     with pytest.raises(QCompilerError, match=r"scheduling kernel qconv2d\w* \(conv2d.*template bug for the test"):
         qcompiler.compile(str(example_path("digits_cnn_qdq.onnx")), target=target)
+
+
+def test_fallback_keeps_an_integer_kernels_requantize_after_its_reduction():
+    """The fallback (fp32 islands, and integer kernels on targets without templates) must not fold the
+    requantize stage into an accumulation whose reduction loops have extent 1: dlight's inlining did, and
+    the result requantized partial sums (ConvNeXt's and EfficientNet's pools of 1x1 maps at small sizes).
+    Built with the fallback alone and run against numpy."""
+    from qcompiler.kernels import KERNEL_ATTR, LAYOUT_ATTR, qavg_pool2d
+    from schedules.cpu_fallback import CPUFallback
+
+    x = te.placeholder((1, 16, 1, 1), "uint8", name="x")
+    y = qavg_pool2d(x, pool_size=(1, 1), strides=(1, 1), padding=(0, 0, 0, 0), input_zero_point=14,
+                    multiplier=1 << 30, offset=1 << 30, shift=31, zero_point=20, lo=0, hi=255, out_dtype="uint8")
+    func = te.create_prim_func([x, y]).with_attr({KERNEL_ATTR: "avg_pool2d", LAYOUT_ATTR: "plain"})
+    target = host_target()
+    sch = CPUFallback().apply(func, target, False)
+    assert {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))} == {"acc", "requant"}
+    lib = tvm.compile(sch.mod, target=target)
+    data = np.arange(0, 256, 16, dtype=np.uint8).reshape(1, 16, 1, 1)
+    out = tvm.runtime.tensor(np.zeros((1, 16, 1, 1), np.uint8))
+    lib(tvm.runtime.tensor(data), out)
+    # multiplier 2^30 with shift 31 and offset 2^30: (x - 14) / 2 rounded half up, + 20
+    expected = np.clip(np.floor((data.astype(np.int64) - 14) / 2 + 0.5) + 20, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out.numpy(), expected)

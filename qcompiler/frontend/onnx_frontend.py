@@ -1,4 +1,6 @@
-"""ONNX -> Relax: load and check the file, fix input shapes, canonicalize QOperator ops to QDQ, import.
+"""ONNX -> Relax: load and check the file, fix input shapes, canonicalize QOperator ops to QDQ, fold the
+shape arithmetic into constants (``onnx_fold``), whole-input average pools to global ones (``onnx_pools``),
+zero Pads and SAME padding into the Convs' pads (``onnx_pads``), import.
 
 TVM's importer (``tvm.relax.frontend.onnx.from_onnx``) does the op conversion; this module owns
 what a user gets wrong (missing or corrupt file, dynamic shapes left open, ops nobody converts) and
@@ -13,6 +15,9 @@ import onnx
 
 from ..errors import QCompilerError
 from ..signature import ModelSignature, TensorSpec
+from .onnx_fold import fold_constants, static_shapes, with_input_shapes
+from .onnx_pads import pads_into_convs, same_pads_explicit
+from .onnx_pools import whole_window_pools_to_global
 from .qoperator import qoperator_to_qdq
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8",
@@ -85,7 +90,10 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str
         raise QCompilerError(f"{where}: --input-shapes names {sorted(unknown)} but the model's inputs are "
                              f"{[i.name for i in inputs]}")
     specs = [_value_spec(i, shapes, where) for i in inputs]
-    proto = qoperator_to_qdq(proto)
+    proto = with_input_shapes(qoperator_to_qdq(proto), tuple(specs))
+    shapes = static_shapes(proto)
+    proto = whole_window_pools_to_global(fold_constants(proto, shapes), shapes)
+    proto = pads_into_convs(same_pads_explicit(proto, shapes))
     _check_ops_supported(proto, where)
 
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx

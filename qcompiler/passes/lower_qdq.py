@@ -422,7 +422,8 @@ class _Lowerer(relax.PyExprMutator):
             y = self._kernel(kernels.qavg_pool2d, "avg_pool2d", self._int_tensor(x.source, layout),
                              pool_size=d.attrs["pool_size"], strides=d.attrs["strides"], padding=d.attrs["padding"],
                              input_zero_point=x.params.zero_point, multiplier=int(fp.multiplier[0]), offset=offset,
-                             shift=int(fp.shift[0]), data_layout=layout, layout=layout.lower(), **common)
+                             shift=int(fp.shift[0]), data_layout=layout, layout="nhwc" if layout == "NHWC" else "plain",
+                             **common)
             return ChannelsLast(y) if layout == "NHWC" else y
         raise TypeError(d.kind)
 
