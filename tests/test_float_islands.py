@@ -1,6 +1,9 @@
-"""fp32 islands between int8 kernels: small integer powers are products (vectorized, no powf calls) and
-LayerNorm's statistics are computed precisely enough that the value quantized after it is the exact one."""
+"""fp32 islands between int8 kernels: small integer powers are products (vectorized, no powf calls),
+LayerNorm's statistics are computed precisely enough that the value quantized after it is the exact one,
+and float matmuls get a register-tiled schedule."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 from tvm import relax
@@ -45,3 +48,39 @@ def test_layer_norm_statistics_are_exact_to_float32_rounding():
     exact = centered / np.sqrt((centered ** 2).mean(axis=-1, keepdims=True) + 1e-12) * gamma + beta
     ours = model(x=values)
     assert np.all(np.abs(ours - exact) <= np.spacing(np.abs(exact).astype(np.float32))), np.abs(ours - exact).max()
+
+
+def test_float_matmul_with_epilogue_is_register_tiled_and_exact_to_float_rounding():
+    """A float matmul left by the quantizer (nn.TransformerEncoder's feed-forward) with its bias + ReLU:
+    the CPUFloatMatmul rule takes it (FMA on vectors, no scalar loop nest) and the result equals numpy's
+    float64 product to float32 accumulation error."""
+    import tvm
+    from tvm.target import codegen
+    from schedules.cpu_float_matmul import CPUFloatMatmul
+    from qcompiler.build import fuse_module, lower_to_integer
+    from qcompiler.target import host_target
+
+    rng = np.random.default_rng(4)
+    m, k, n = 128, 512, 384
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = relax.Var("x", relax.TensorType((1, m, k), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(bias)))
+            out = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = host_target()
+    fused = fuse_module(lower_to_integer(mod, target), target)
+    matmuls = [f for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in gv.name_hint]
+    assert matmuls and all(CPUFloatMatmul().apply(f, target, False) is not None for f in matmuls)
+    model = build(mod, ModelSignature((TensorSpec("x", (1, m, k), "float32"),), (TensorSpec("y", (1, m, n), "float32"),)))
+    asm = "\n".join(lib.inspect_source("asm") for lib in model.executable.mod.imports)
+    register = "zmm" if codegen.llvm_cpu_has_features(["avx512f"], target) else "ymm"
+    assert re.search(rf"vfmadd\w+\s+[^\n]*%{register}", asm)
+    values = rng.standard_normal((1, m, k)).astype(np.float32)
+    exact = np.maximum(values.astype(np.float64) @ w.astype(np.float64) + bias, 0)
+    bound = 1e-5 * np.sqrt(k) * np.abs(values).max() * np.abs(w).max() * 4
+    assert np.abs(model(x=values) - exact).max() <= bound

@@ -95,3 +95,22 @@ def test_traced_shape_arithmetic_is_folded_into_the_pad(tmp_path):
              helper.make_node("Conv", ["p", "wf"], ["c"], kernel_shape=[3, 3])]
     path = _qdq_model(tmp_path / "traced.onnx", nodes, inits, [1, 4, 9, 9], "c", [1, 4, 9, 9])
     _check(path, [1, 4, 9, 9])
+
+
+def test_float_patch_conv_runs_as_a_matmul(tmp_path):
+    """ViT's patch embedding (a float Conv with kernel == stride) as Reshape/Transpose/MatMul: the same
+    values as the exact reference to float rounding, and no float conv2d left."""
+    w = RNG.standard_normal((32, 3, 4, 4)).astype(F32)
+    b = RNG.standard_normal(32).astype(F32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[4, 4], strides=[4, 4])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 4, 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = tmp_path / "patch.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    model = qcompiler.compile(str(path))
+    assert "conv2d" not in model.metadata["ops"]["fp32"] and "matmul" in model.metadata["ops"]["fp32"]
+    x = RNG.standard_normal((1, 3, 16, 12)).astype(F32)
+    expected = er.reference_run(path, {"x": x})[0]
+    np.testing.assert_allclose(model(x=x), expected, rtol=1e-5, atol=1e-5)

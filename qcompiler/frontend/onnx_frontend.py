@@ -1,6 +1,7 @@
 """ONNX -> Relax: load and check the file, fix input shapes, canonicalize QOperator ops to QDQ, fold the
 shape arithmetic into constants (``onnx_fold``), whole-input average pools to global ones (``onnx_pools``),
-zero Pads and SAME padding into the Convs' pads (``onnx_pads``), import.
+zero Pads and SAME padding into the Convs' pads (``onnx_pads``), float patch convs as MatMuls
+(``onnx_patchify``), import.
 
 TVM's importer (``tvm.relax.frontend.onnx.from_onnx``) does the op conversion; this module owns
 what a user gets wrong (missing or corrupt file, dynamic shapes left open, ops nobody converts) and
@@ -17,6 +18,7 @@ from ..errors import QCompilerError
 from ..signature import ModelSignature, TensorSpec
 from .onnx_fold import fold_constants, static_shapes, with_input_shapes
 from .onnx_pads import pads_into_convs, same_pads_explicit
+from .onnx_patchify import patch_convs_to_matmuls
 from .onnx_pools import whole_window_pools_to_global
 from .qoperator import qoperator_to_qdq
 
@@ -93,7 +95,7 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto, input_shapes: dict[str
     proto = with_input_shapes(qoperator_to_qdq(proto), tuple(specs))
     shapes = static_shapes(proto)
     proto = whole_window_pools_to_global(fold_constants(proto, shapes), shapes)
-    proto = pads_into_convs(same_pads_explicit(proto, shapes))
+    proto = patch_convs_to_matmuls(pads_into_convs(same_pads_explicit(proto, shapes)), shapes)
     _check_ops_supported(proto, where)
 
     from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
