@@ -114,3 +114,17 @@ def test_float_patch_conv_runs_as_a_matmul(tmp_path):
     x = RNG.standard_normal((1, 3, 16, 12)).astype(F32)
     expected = er.reference_run(path, {"x": x})[0]
     np.testing.assert_allclose(model(x=x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_float_conv1d_with_kernel_equal_to_stride_is_left_alone(tmp_path):
+    """Only 2-D patch convs are rewritten: a Conv1d of the same form imports and computes as before."""
+    w = RNG.standard_normal((8, 3, 4)).astype(F32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[4], strides=[4])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4])], [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "conv1d.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    model = qcompiler.compile(str(path))
+    x = RNG.standard_normal((1, 3, 16)).astype(F32)
+    np.testing.assert_allclose(model(x=x), er.reference_run(path, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -41,8 +41,10 @@ def _rewrite(node: onnx.NodeProto, constants: dict, static: dict):
         return None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     w = numpy_helper.to_array(weight)
+    if w.ndim != 4 or len(static[node.input[0]]) != 4:  # 2-D convolutions only (Conv1d/3d stay as they are)
+        return None
     n, c, h, wd = static[node.input[0]]
-    if w.ndim != 4 or attrs.get("group", 1) != 1 or any(attrs.get("pads", [0, 0, 0, 0])) \
+    if attrs.get("group", 1) != 1 or any(attrs.get("pads", [0, 0, 0, 0])) \
             or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or any(d != 1 for d in attrs.get("dilations", [1, 1])):
         return None
     o, _, kh, kw = w.shape
