@@ -33,16 +33,11 @@ MIN_COSINE = 0.9999
 FP32_TOLERANCE = 1e-3  # fp32 ONNX vs torch, relative to the output's spread
 
 
-@functools.cache
-def _built(name: str) -> zoo.ZooModel:
-    return zoo.build(name, _zoo_dir(), "small")
-
-
-@functools.cache
-def _zoo_dir() -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="qcompiler-zoo-small-"))
+@pytest.fixture(scope="session")
+def small_zoo(tmp_path_factory):
+    """``small_zoo(name)``: the small zoo model, built once per session under pytest's temporary directory."""
+    directory = tmp_path_factory.mktemp("zoo-small")
+    return functools.cache(lambda name: zoo.build(name, directory, "small"))
 
 
 @functools.cache
@@ -62,11 +57,11 @@ def _assert_agrees(path: Path, ours: np.ndarray, expected: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_fp32_export_matches_torch(name: str) -> None:
+def test_fp32_export_matches_torch(name: str, small_zoo) -> None:
     """The zoo is what it says: the exported fp32 ONNX computes the torch module's function."""
     import torch
 
-    model = _built(name)
+    model = small_zoo(name)
     feeds = model.make_inputs(1, 5)[0]
     (got,) = mz.ort_run(model.fp32_path, feeds)
     with torch.no_grad():
@@ -76,8 +71,8 @@ def test_fp32_export_matches_torch(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_small_zoo_model_matches_exact_reference(name: str) -> None:
-    model = _built(name)
+def test_small_zoo_model_matches_exact_reference(name: str, small_zoo) -> None:
+    model = small_zoo(name)
     ops = mz.op_counts(model.quant_path)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0, ops
     compiled = _compiled(str(model.quant_path))
@@ -89,8 +84,8 @@ def test_small_zoo_model_matches_exact_reference(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.NAMES if zoo.ARCHITECTURES[n].qoperator])
-def test_small_zoo_qoperator_matches_exact_reference(name: str) -> None:
-    model = _built(name)
+def test_small_zoo_qoperator_matches_exact_reference(name: str, small_zoo) -> None:
+    model = small_zoo(name)
     assert "QLinearConv" in mz.op_counts(model.qoperator_path)
     compiled = _compiled(str(model.qoperator_path))
     reference = er.ExactReference(model.qoperator_path)
@@ -100,15 +95,15 @@ def test_small_zoo_qoperator_matches_exact_reference(name: str) -> None:
 
 @pytest.mark.skipif("avx512f" not in host_features(), reason="on an AVX2 host the host build is the AVX2 build")
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_avx2_build_gives_the_host_builds_answer(name: str) -> None:
+def test_avx2_build_gives_the_host_builds_answer(name: str, small_zoo) -> None:
     """One model, one answer: the x86-avx2 build (vpmaddwd ymm) and the host's (AVX-512/VNNI) agree exactly."""
-    model = _built(name)
+    model = small_zoo(name)
     host, avx2 = _compiled(str(model.quant_path)), _compiled(str(model.quant_path), "x86-avx2")
     feeds = model.make_inputs(1, 99)[0]
     np.testing.assert_array_equal(avx2(**feeds), host(**feeds))
 
 
-def test_real_text_inputs_are_tokenized_sentences() -> None:
+def test_real_text_inputs_are_tokenized_sentences(small_zoo) -> None:
     """MiniLM's inputs are windows of real tokenized text (not random ids): they start inside the vocabulary's
     word range and decode back to words of the zoo's sentences."""
     from transformers import AutoTokenizer
@@ -117,4 +112,4 @@ def test_real_text_inputs_are_tokenized_sentences() -> None:
     text = AutoTokenizer.from_pretrained(str(zoo.minilm_dir())).decode(ids[0])
     words = {w.strip(".,:").lower() for s in zoo.SENTENCES for w in s.split()}
     assert sum(w.strip(".,:") in words for w in text.split()) >= len(text.split()) // 2, text
-    assert onnx.load(str(_built("minilm-l6").fp32_path)).graph.input[0].name == "input_ids"
+    assert onnx.load(str(small_zoo("minilm-l6").fp32_path)).graph.input[0].name == "input_ids"
