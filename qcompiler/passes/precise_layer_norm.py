@@ -15,6 +15,8 @@ import tvm
 from tvm import relax
 from tvm.relax import expr_functor
 
+from .binding_util import rewrite_relax_functions
+
 
 @expr_functor.mutator
 class _LayerNormInFloat64(relax.PyExprMutator):
@@ -41,8 +43,4 @@ class _LayerNormInFloat64(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="PreciseLayerNorm")
 def precise_layer_norm(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every float32 ``relax.nn.layer_norm`` of ``mod``'s Relax functions computed in float64."""
-    mutator = _LayerNormInFloat64(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_relax_functions(mod, _LayerNormInFloat64(mod))

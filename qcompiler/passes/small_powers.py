@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 from tvm.relax import expr_functor
 
+from .binding_util import rewrite_relax_functions
 from .qdq_analysis import constant_array
 
 
@@ -39,8 +40,4 @@ class _SmallPowersToProducts(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="SmallPowers")
 def small_powers(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Every float ``relax.power(x, 2 or 3)`` with a constant exponent of ``mod``'s Relax functions as products."""
-    mutator = _SmallPowersToProducts(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_relax_functions(mod, _SmallPowersToProducts(mod))

@@ -13,6 +13,8 @@ import tvm
 from tvm import relax, topi
 from tvm.relax import expr_functor
 
+from .binding_util import rewrite_relax_functions
+
 
 @expr_functor.mutator
 class _ErfToPolynomial(relax.PyExprMutator):
@@ -26,8 +28,4 @@ class _ErfToPolynomial(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="VectorizableErf")
 def vectorizable_erf(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     """Replace every float ``relax.erf`` of ``mod``'s Relax functions with ``topi.fast_erf``."""
-    mutator = _ErfToPolynomial(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_relax_functions(mod, _ErfToPolynomial(mod))
