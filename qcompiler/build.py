@@ -34,7 +34,10 @@ def lower_to_integer(mod: tvm.IRModule, target) -> tvm.IRModule:
     """Steps 1-2: the QDQ graph with integer kernels in place of QDQ patterns."""
     import schedules  # lazily: schedules imports qcompiler.kernels
     seq = [passes.legalize_activations_to_uint8] if schedules.is_x86(target) else []
-    seq += [passes.lower_qdq_to_integer, relax.transform.DeadCodeElimination()]
+    # FoldConstant: computations on weights alone (the transposed float weights of torch's
+    # nn.MultiheadAttention out-projection, dequantized weights of float matmuls) run once, here
+    seq += [passes.lower_qdq_to_integer, relax.transform.DeadCodeElimination(), passes.integer_lookup_tables,
+            relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()]
     with target:  # the lowering picks kernel layouts for the target
         return tvm.transform.Sequential(seq)(mod)
 
@@ -43,7 +46,7 @@ def fuse_module(mod: tvm.IRModule, target) -> tvm.IRModule:
     """Step 3: every op a PrimFunc (unscheduled), fused where TVM's fusion rules allow."""
     with target:
         return tvm.transform.Sequential([
-            passes.vectorizable_erf,
+            passes.vectorizable_transcendentals,
             passes.precise_layer_norm,
             passes.small_powers,
             relax.transform.LegalizeOps(),

@@ -18,6 +18,7 @@ from qcompiler.target import is_x86
 from .cpu_common import kernel_key
 from .cpu_fallback import CPUFallback
 from .cpu_float_matmul import CPUFloatMatmul
+from .cpu_softmax import CPUSoftmax
 from .cpu_transpose import CPUTranspose
 from .x86_generic import X86IntegerKernels
 from .x86_vnni import X86VNNIKernels, has_vnni
@@ -27,9 +28,9 @@ from .x86_vnni import X86VNNIKernels, has_vnni
 def rules_for(target: Target) -> list[dlight.ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if is_x86(target):
-        return [X86VNNIKernels(), X86IntegerKernels(), CPUTranspose(), CPUFloatMatmul(), CPUFallback()]
+        return [X86VNNIKernels(), X86IntegerKernels(), CPUTranspose(), CPUFloatMatmul(), CPUSoftmax(), CPUFallback()]
     if target.kind.name == "llvm":
-        return [CPUTranspose(), CPUFloatMatmul(), CPUFallback()]
+        return [CPUTranspose(), CPUFloatMatmul(), CPUSoftmax(), CPUFallback()]
     raise ValueError(f"no schedule templates for target kind {target.kind.name!r}")
 
 

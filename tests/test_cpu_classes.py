@@ -147,7 +147,7 @@ def _check_class_code(model, cls: str) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASS_TARGETS)
-@pytest.mark.parametrize("m,k,n", [(4, 64, 48), (7, 33, 100), (64, 256, 96)])
+@pytest.mark.parametrize("m,k,n", [(4, 64, 48), (7, 33, 100), (64, 256, 96), (197, 64, 48)])
 def test_dense_exact_on_worst_case_operands(cls, m, k, n):
     rng = np.random.default_rng(m * k + n)
     x, w = _worst_case((m, k), (k, n), rng)

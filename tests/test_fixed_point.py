@@ -209,3 +209,28 @@ def test_per_channel_accumulator_ranges():
         exact = np.clip(ref.round_half_up(acc + bias[c], real[c]), -128, 127)
         assert np.count_nonzero(kernel(acc, fp.multiplier[c], off[c], fp.shift[c], (-128, 127)) != exact) == 0
     assert np.any(quantize_multiplier(real, out_range=(-128, 127)).displaced_steps(bias))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fractional_bias_rounds_exactly(seed):
+    """A float bias off the accumulator grid (a QDQ bias: int32 x float32(s_x * s_w), not s_x * s_w):
+    the kernel equals exact rounding of (acc + bias + fraction) * real, in Fraction arithmetic, at every
+    accumulator; fractions big enough to move a step are included (the integer-only offset would not)."""
+    rng = np.random.default_rng(100 + seed)
+    lo, hi = -3000, 3000
+    real = np.exp(rng.uniform(np.log(1 / 400), np.log(1 / 20), 8))
+    out_range = (-128, 127)
+    fp = quantize_multiplier(real, out_range=out_range, acc_range=(lo, hi))
+    bias = rng.integers(-500, 500, 8)
+    fraction = rng.uniform(-0.5, 0.5, 8)
+    off = fp.offset(bias, fraction)
+    acc = np.arange(lo, hi + 1)
+    moved = 0
+    for c in range(8):
+        r, b = Fraction(float(real[c])), Fraction(int(bias[c])) + Fraction(float(fraction[c]))
+        exact = np.clip([math.floor((int(a) + b) * r + Fraction(1, 2)) for a in acc], *out_range)
+        ours = kernel(acc, fp.multiplier[c], off[c], fp.shift[c], out_range)
+        assert np.count_nonzero(ours != exact) == 0, (c, real[c], fraction[c])
+        integer_only = kernel(acc, fp.multiplier[c], offsets(fp, bias)[c], fp.shift[c], out_range)
+        moved += int(np.count_nonzero(integer_only != exact))
+    assert moved > 0  # the fractions matter for these accumulators

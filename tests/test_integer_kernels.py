@@ -89,7 +89,9 @@ DENSE_VARIANTS = [
 SKYLAKE_X = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 33, 100), (16, 128, 96), (4, 30, 17), (1, 768, 64)])
+#: 13 and 197 (ViT's tokens) are primes >= 8: their rows are padded to a multiple of 4 for the register tile
+@pytest.mark.parametrize("m,k,n", [(1, 64, 48), (7, 33, 100), (16, 128, 96), (4, 30, 17), (1, 768, 64), (13, 33, 100),
+                                   (197, 64, 48)])
 @pytest.mark.parametrize("x_dtype,w_dtype,per_channel,out_dtype,act", DENSE_VARIANTS)
 def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act, target=None):
     x = rand_q((m, k), x_dtype)
@@ -125,7 +127,7 @@ def test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act, target=No
     assert_exact(ours, ref.qdense(x, zx, w, zw, bias, real, zo, out_dtype, lo, hi))
 
 
-@pytest.mark.parametrize("m,k,n", [(7, 33, 100), (16, 128, 96), (1, 768, 64)])
+@pytest.mark.parametrize("m,k,n", [(7, 33, 100), (16, 128, 96), (1, 768, 64), (13, 33, 100)])
 @pytest.mark.parametrize("x_dtype,w_dtype,per_channel,out_dtype,act", DENSE_VARIANTS)
 def test_dense_vpmaddwd(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act):
     test_dense(m, k, n, x_dtype, w_dtype, per_channel, out_dtype, act, target=SKYLAKE_X)

@@ -263,3 +263,31 @@ def test_fallback_keeps_an_integer_kernels_requantize_after_its_reduction():
     # multiplier 2^30 with shift 31 and offset 2^30: (x - 14) / 2 rounded half up, + 20
     expected = np.clip(np.floor((data.astype(np.int64) - 14) / 2 + 0.5) + 20, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@pytest.mark.parametrize("row", [17, 128, 300])
+def test_softmax_rows_are_fused_parallel_and_exact_to_float_rounding(row):
+    """schedules/cpu_softmax.py takes TOPI's softmax with its quantize behind it: rows in parallel, the
+    stages of a row fused under the row loop, the exp vectorized; the result against numpy's float64
+    softmax quantized (a float32 rounding may move a value across a rounding boundary: at most 1 step)."""
+    from tvm import topi
+    from schedules.cpu_softmax import CPUSoftmax
+
+    x = te.placeholder((2, 3, row), "float32", name="x")
+    probs = topi.nn.fast_softmax(x, -1)
+    y = te.compute(probs.shape, lambda *i: te.max(te.min(te.round(probs(*i) * 255.0), 255.0), 0.0).astype("uint8"),
+                   name="quantize")
+    target = host_target()
+    sch = CPUSoftmax().apply(te.create_prim_func([x, y]), target, False)
+    assert sch is not None
+    script = sch.mod["main"].script()
+    assert "T.parallel" in script and "T.vectorized" in script
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    row_loop = sch.get(sch.get_loops(blocks[-1])[0])
+    assert all(sch.get(sch.get_loops(b)[0]).same_as(row_loop) for b in blocks)  # every stage under one row loop
+    data = np.random.default_rng(1).normal(0, 4, (2, 3, row)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((2, 3, row), np.uint8))
+    tvm.compile(sch.mod, target=target)(tvm.runtime.tensor(data), out)
+    e = np.exp(data.astype(np.float64) - data.max(-1, keepdims=True))
+    expected = np.clip(np.round(e / e.sum(-1, keepdims=True) * 255), 0, 255)
+    assert np.abs(out.numpy().astype(np.int64) - expected).max() <= 1

@@ -18,7 +18,7 @@ small images/sequences, so the test suite can check every architecture against t
 Random weights are made realistic where it matters for quantization: BatchNorm running statistics come
 from forward passes over random inputs (so every layer's output has unit scale, as in a trained network,
 instead of growing with depth), and transformer LayerNorm/bias parameters are perturbed away from 1/0
-(which would hide bugs in their handling). Everything is seeded; file names carry ``ZOO_VERSION``.
+(which would hide bugs in their handling). Everything is seeded; file names carry ``ZOO_VERSION`` and the architecture's ``revision``.
 """
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ class Architecture:
     op_types: tuple[str, ...] | Literal["all"] = "all"
     #: ORT's symbolic shape inference before quantizing; off where it rejects the graph (nn.MultiheadAttention).
     symbolic_shapes: bool = True
+    #: Bumped when this architecture's definition changes (its files are rebuilt; the others are kept).
+    revision: int = 0
 
     @property
     def input_name(self) -> str:
@@ -160,6 +162,13 @@ def _torch_transformer_encoder(size: Size):
     d, heads, ff, layers = (512, 8, 2048, 6) if size == "full" else (64, 4, 128, 2)
     layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
     encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    # nn.TransformerEncoder deep-copies ``layer``: every layer would start with the same weights, which
+    # no trained encoder has (the exporter then shares one initializer through Identity nodes and the
+    # quantizer treats layers 2..6's weights as activations)
+    for module in encoder.modules():
+        for reset in ("reset_parameters", "_reset_parameters"):
+            if module is not encoder and callable(getattr(module, reset, None)):
+                getattr(module, reset)()
     _perturb_affine(encoder)
 
     class WithoutFastPath(nn.Module):
@@ -243,6 +252,11 @@ _SMALL_TEXT = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, i
 _IMAGE = {"full": (1, 3, 224, 224), "small": (1, 3, 32, 32)}
 _SEQ = {"full": (1, 128), "small": (1, 16)}
 _MATMUL = ("MatMul",)
+#: Dense layers that export as Gemm, not MatMul: GPT-2's are transformers' ``Conv1D`` (``torch.addmm``;
+#: MatMul-only would leave 95% of its MACs in fp32 and quantize just the attention products), and the
+#: out-projection of torch's ``nn.MultiheadAttention`` is a 2-D Linear. The dense layers are what
+#: "MatMul only" means to quantize; both peers run the same files.
+_MATMUL_GEMM = ("MatMul", "Gemm")
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
     Architecture("resnet18", "vision", _torch_resnet18, _IMAGE, qoperator=True,
@@ -284,13 +298,13 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
         "GPT2Config", "GPT2Model", dict(use_cache=False),
         dict(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=500, use_cache=False), all_ones_mask=True), _SEQ,
         {"full": 50257, "small": 500}, description="transformers GPT-2 small (causal attention), no LM head",
-        op_types=_MATMUL),
+        op_types=_MATMUL_GEMM, revision=1),
     Architecture("minilm-l6", "text", _minilm, _SEQ, {"full": 30522, "small": 30522}, real_text=True,
                  description="all-MiniLM-L6-v2, real weights, real sentences", op_types=_MATMUL),
     Architecture("torch-transformer", "sequence", _torch_transformer_encoder,
                  {"full": (1, 128, 512), "small": (1, 16, 64)},
-                 description="torch nn.TransformerEncoder, 6 x d512 (nn.MultiheadAttention)", op_types=_MATMUL,
-                 symbolic_shapes=False),
+                 description="torch nn.TransformerEncoder, 6 x d512 (nn.MultiheadAttention)", op_types=_MATMUL_GEMM,
+                 symbolic_shapes=False, revision=2),
 ]}
 NAMES: tuple[str, ...] = tuple(ARCHITECTURES)
 
@@ -387,7 +401,7 @@ def build(name: str, out_dir: Path | str, size: Size = "full") -> ZooModel:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{size}-v{ZOO_VERSION}"
+    stem = f"{name}-{size}-v{ZOO_VERSION}" + (f"r{arch.revision}" if arch.revision else "")
     fp32_path, prep_path = out_dir / f"{stem}_fp32.onnx", out_dir / f"{stem}_fp32_prep.onnx"
     quant_path = out_dir / f"{stem}_qdq.onnx"
     qop_path = out_dir / f"{stem}_qoperator.onnx" if arch.qoperator else None

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..signature import TensorSpec
+from .onnx_attrs import node_attributes
 
 #: Ops whose value must stay an op: the QDQ patterns the lowering matches, and ops that are not functions.
 _KEEP = {"QuantizeLinear", "DequantizeLinear", "If", "Loop", "Scan", "RandomNormal", "RandomUniform",
@@ -152,7 +153,7 @@ def _opsets_for(node: onnx.NodeProto, model: onnx.ModelProto) -> list:
 
 
 def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     start, end = attrs.get("start", 0), attrs.get("end", len(shape))
     return np.array(shape[start:end], dtype=np.int64)
 

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_attrs import node_attributes
+
 
 def pads_into_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (changed in place) with every mergeable Pad removed and its widths added to the Conv(s)."""
@@ -49,7 +51,7 @@ def _zero_spatial_pads(node: onnx.NodeProto, constants: dict) -> list[int] | Non
     """[top, left, bottom, right] of a constant-mode 4-D Pad by 0 over H and W only, else None."""
     if node.op_type != "Pad" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
         return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     if attrs.get("mode", b"constant") not in (b"constant", "constant"):
         return None
     if len(node.input) > 3 and node.input[3]:  # explicit axes: not handled
@@ -88,7 +90,7 @@ def _convs_reached(name: str, consumers: dict, outputs: set) -> list | None:
 def _explicit_pads(conv: onnx.NodeProto) -> bool:
     """A 2-D Conv whose padding is its ``pads`` (NOTSET) or none (VALID: what torch exports for
     ``padding="valid"`` after an explicit Pad)."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    attrs = node_attributes(conv)
     return attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID") and len(attrs.get("kernel_shape", [0, 0])) == 2
 
 
@@ -111,7 +113,7 @@ def same_pads_explicit(model: onnx.ModelProto, static: dict[str, tuple[int, ...]
     for node in model.graph.node:
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.input[0] not in static:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node_attributes(node)
         mode = attrs.get("auto_pad", b"NOTSET")
         if mode not in (b"SAME_UPPER", b"SAME_LOWER") or len(static[node.input[0]]) != 4:
             continue

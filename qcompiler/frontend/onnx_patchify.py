@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_attrs import node_attributes
+
 
 def patch_convs_to_matmuls(model: onnx.ModelProto, static: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """``model`` (changed in place) with every float 2-D Conv of non-overlapping, unpadded windows that tile
@@ -39,7 +41,7 @@ def _rewrite(node: onnx.NodeProto, constants: dict, static: dict):
     weight = constants[node.input[1]]
     if weight.data_type != onnx.TensorProto.FLOAT or node.input[0] not in static:
         return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     w = numpy_helper.to_array(weight)
     if w.ndim != 4 or len(static[node.input[0]]) != 4:  # 2-D convolutions only (Conv1d/3d stay as they are)
         return None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
+from .onnx_attrs import node_attributes
+
 
 def whole_window_pools_to_global(model: onnx.ModelProto, static: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
     """``model`` (changed in place) with every AveragePool whose single, unpadded window covers the whole
@@ -28,7 +30,7 @@ def whole_window_pools_to_global(model: onnx.ModelProto, static: dict[str, tuple
 
 
 def _covers_whole_input(node: onnx.NodeProto, spatial: tuple[int, ...]) -> bool:
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attrs = node_attributes(node)
     kernel = list(attrs.get("kernel_shape", []))
     pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
     if len(kernel) != len(spatial) or any(pads) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):

@@ -65,23 +65,27 @@ def pack_dense_weight(w, *, lanes: int = PACK_N):
 
 
 def qdense_packed(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int, lo, hi,
-                  out_dtype: str, out_scale=None, out_bias=None):
+                  out_dtype: str, out_scale=None, out_bias=None, m_pad: int | None = None):
     """x [M, K] (u8), wp = pack_dense_weight(w) -> [M, n_out]; epilogues as in ``qdense``.
 
     The reduction runs over K rounded up to 4; if K is not a multiple of 4, x is first copied
     into a zero-padded [M, Kp] buffer (stage "pad") so the micro-kernel reads whole 4-byte groups.
     The accumulator covers N rounded up to 16 (stage "acc"); the epilogue writes the first n_out.
+    ``m_pad`` (>= M) rows are accumulated, zero rows below M (copied through "pad" as well), so that
+    register tiles divide them (see ``schedules.x86_vnni.padded_rows``); the epilogue writes M rows.
     """
     m_dim, k_dim = (int(v) for v in x.shape)
+    m_pad = m_pad or m_dim
     nb, kb = int(wp.shape[0]), int(wp.shape[1])
     kp = kb * PACK_K
-    if kp != k_dim:
-        xp = te.compute((m_dim, kp), lambda i, k: tirx.if_then_else(k < k_dim, x[i, k], tirx.const(0, x.dtype)),
-                        name="pad")
+    if kp != k_dim or m_pad != m_dim:
+        xp = te.compute((m_pad, kp), lambda i, k: tirx.if_then_else(
+            tirx.all(i < m_dim, k < k_dim), x[tirx.min(i, m_dim - 1), tirx.min(k, k_dim - 1)],
+            tirx.const(0, x.dtype)), name="pad")
     else:
         xp = x
     k = te.reduce_axis((0, kp), "k")
-    acc = te.compute((m_dim, nb * PACK_N), lambda i, j: te.sum(
+    acc = te.compute((m_pad, nb * PACK_N), lambda i, j: te.sum(
         xp[i, k].astype("int32") * wp[j // PACK_N, k // PACK_K, j % PACK_N, k % PACK_K].astype("int32"), axis=k),
         name="acc")
     value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)
@@ -180,24 +184,28 @@ def qbatch_matmul_pairs(a, b, *, a_zero_point: int, b_zero_point: int, multiplie
 
 
 def qdense_packed_pairs(x, wp, multiplier, offset, shift, weight_zero_point=None, *, n_out: int, zero_point: int,
-                        lo, hi, out_dtype: str, rows: int = 1, out_scale=None, out_bias=None):
+                        lo, hi, out_dtype: str, rows: int = 1, out_scale=None, out_bias=None,
+                        m_pad: int | None = None):
     """x [M, K] (u8/s8), wp = pack_dense_weight_pairs(w, lanes, NR) -> [M, n_out], for CPUs without VNNI.
 
     Stage "widen" copies x into int16 packed per register tile, [M/rows, Kp/2, rows, 2] (``rows`` =
     the tile's MR, K rounded up to 2, zero padded), once per call: each k step of a tile then reads
     its MR broadcast pairs from one contiguous chunk, and ``vpmaddwd`` needs no conversion.
-    "acc" accumulates over N rounded up to lanes x NR. Epilogues as in ``qdense``.
+    "acc" accumulates over N rounded up to lanes x NR, and over ``m_pad`` (>= M) rows, zero below M,
+    as in ``qdense_packed``. Epilogues as in ``qdense``.
     """
     m_dim, k_dim = (int(v) for v in x.shape)
+    m_pad = m_pad or m_dim
     nbo, kq, blocks, lanes = (int(v) for v in wp.shape[:4])
     kp, width = kq * 2, blocks * lanes
-    if m_dim % rows:
-        raise ValueError(f"{rows} rows per tile do not divide M = {m_dim}")
-    xw = te.compute((m_dim // rows, kq, rows, 2), lambda io, ko, ii, p: tirx.if_then_else(
-        ko * 2 + p < k_dim, x[io * rows + ii, tirx.min(ko * 2 + p, k_dim - 1)].astype("int16"), tirx.const(0, "int16")),
-        name="widen")
+    if m_pad % rows:
+        raise ValueError(f"{rows} rows per tile do not divide M = {m_pad}")
+    xw = te.compute((m_pad // rows, kq, rows, 2), lambda io, ko, ii, p: tirx.if_then_else(
+        tirx.all(ko * 2 + p < k_dim, io * rows + ii < m_dim),
+        x[tirx.min(io * rows + ii, m_dim - 1), tirx.min(ko * 2 + p, k_dim - 1)].astype("int16"),
+        tirx.const(0, "int16")), name="widen")
     k = te.reduce_axis((0, kp), "k")
-    acc = te.compute((m_dim, nbo * width), lambda i, j: te.sum(
+    acc = te.compute((m_pad, nbo * width), lambda i, j: te.sum(
         xw[i // rows, k // 2, i % rows, k % 2].astype("int32")
         * wp[j // width, k // 2, (j // lanes) % blocks, j % lanes, k % 2].astype("int32"), axis=k), name="acc")
     value = _weight_zero_point_terms(acc, x, k_dim, weight_zero_point)

@@ -241,16 +241,17 @@ class _Lowerer(relax.PyExprMutator):
         """(kernel function, packed weight constant) of the target's micro-kernel: int8 blocks of
         16 x 4 for vpdpbusd, int16 blocks of lanes x 2 for vpmaddwd (``pairs8x2`` / ``pairs16x2``;
         a dense kernel's are packed per register tile of its ``rows`` x N output)."""
-        from schedules.x86_vnni import DOT_KERNELS, dense_tile  # the contract between packing and templates
+        from schedules.x86_vnni import DOT_KERNELS, dense_tile, padded_rows  # packing / template contract
         kernel = DOT_KERNELS[self.weight_layout]
+        m_pad = padded_rows(rows) if kind == "dense" else 0
         if self.weight_layout.startswith("pairs"):
             if kind == "dense":  # both operands packed per register tile: the template's default tile
-                mr, nr = dense_tile(rows, wq.shape[1], wq.shape[0], kernel)
-                return (functools.partial(kernels.qdense_packed_pairs, rows=mr),
+                mr, nr = dense_tile(m_pad, wq.shape[1], wq.shape[0], kernel)
+                return (functools.partial(kernels.qdense_packed_pairs, rows=mr, m_pad=m_pad),
                         _int_const(kernels.pack_dense_weight_pairs(wq, kernel.lanes, nr), "int16"))
             return kernels.qconv2d_packed_pairs, _int_const(kernels.pack_conv_weight_pairs(wq, kernel.lanes), "int16")
         if kind == "dense":
-            return kernels.qdense_packed, _int_const(kernels.pack_dense_weight(wq), "int8")
+            return functools.partial(kernels.qdense_packed, m_pad=m_pad), _int_const(kernels.pack_dense_weight(wq), "int8")
         return kernels.qconv2d_packed, _int_const(kernels.pack_conv_weight(wq), "int8")
 
     # ------------------------------------------------------------------ quantize(description)
@@ -313,9 +314,11 @@ class _Lowerer(relax.PyExprMutator):
         out_shape = d.attrs["out_shape"]
         channels = out_shape[d.channel_axis]
         scale = np.broadcast_to(d.scale, (channels,)).astype(np.float64)
-        bias = np.zeros(channels, np.int64)
+        bias, fraction = np.zeros(channels, np.int64), None
         if d.bias is not None and not float_output:
-            bias = np.round(d.bias / scale).astype(np.int64)
+            exact_bias = d.bias / scale
+            bias = np.round(exact_bias).astype(np.int64)
+            fraction = exact_bias - bias  # kept: see FixedPoint.offset
         fp = None
         if float_output:
             zero_point, lo, hi, out_dtype = 0, d.lo, d.hi, "float32"
@@ -358,7 +361,7 @@ class _Lowerer(relax.PyExprMutator):
             elif fp is None:
                 params = (None, _int_const(acc_offset, "int32"), None)
             else:
-                params = (_int_const(fp.multiplier, "int32"), _int_const(fp.offset(acc_offset), "int64"),
+                params = (_int_const(fp.multiplier, "int32"), _int_const(fp.offset(acc_offset, fraction), "int64"),
                           _shift_const(fp.shift))
             if d.kind == "dense":
                 x2 = self._reshape(xi, (int(np.prod(out_shape[:-1])), wq.shape[0]))
@@ -390,7 +393,7 @@ class _Lowerer(relax.PyExprMutator):
 
         if fp is None:
             raise TypeError(d.kind)
-        offset = int(fp.offset(bias[:1])[0])
+        offset = int(fp.offset(bias[:1], None if fraction is None else fraction[:1])[0])
         if d.kind == "batch_matmul":
             a, b = d.operands
             ai, bi = self._int_tensor(a.source), self._int_tensor(b.source)

@@ -133,6 +133,21 @@ def _step_points(ratios: list[tuple[int, int]], levels: np.ndarray) -> np.ndarra
     return np.negative(out, out=out)
 
 
+def _shift_steps(steps: np.ndarray, levels: np.ndarray, real: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+    """Step points for exact accumulators b + f (b integer, |f| <= 1/2 per channel): the least b with
+    (b + f) * r >= n - 1/2 is ceil(x - f) for x = (n - 1/2)/r, one off ceil(x) = T only when f crosses
+    the distance from x to an integer. That distance is taken in float64 (x < 2^35: error < 1e-5 of an
+    accumulator unit, against fractions of ~1e-3), so only a value within that of a rounding boundary
+    can still go either way."""
+    x = (levels[None, :] - 0.5) / real[:, None]
+    f = fraction[:, None]
+    below = steps - x  # in [0, 1): how far x sits below T
+    out = steps.copy()
+    out[(f > 0) & (f >= 1 - below)] -= 1
+    out[(f < 0) & (-f > below)] += 1
+    return out
+
+
 def _placements(steps: np.ndarray, levels: np.ndarray, m0: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """d[c, i] = n * 2^s - T * M0: the offsets (minus bias*M0) placing level n's kernel step at T are
     [d, d + M0). Computed modulo 2^64: for a step inside the accumulator domain the true value is below
@@ -253,11 +268,16 @@ class FixedPoint:
     what: str = "requantize"
     _cache: dict = field(default_factory=dict, compare=False, repr=False)  # levels, step tables per block
 
-    def offset(self, bias: np.ndarray | int = 0) -> np.ndarray:
+    def offset(self, bias: np.ndarray | int = 0, fraction: np.ndarray | float | None = None) -> np.ndarray:
         """The int64 offsets ``off`` (bias in accumulator units, per channel or scalar) that make the
-        kernel formula equal to exact rounding of (acc + bias) * r at every accumulator covered (see
-        the class docstring); warns (InexactRoundingWarning) for channels where no offset can."""
-        offsets, displaced = self._solve(bias)
+        kernel formula equal to exact rounding of (acc + bias + fraction) * r at every accumulator
+        covered (see the class docstring); warns (InexactRoundingWarning) for channels where no offset
+        can. ``fraction`` (|f| <= 1/2, float64) is the part of a float bias that is not a whole number
+        of accumulator units: a QDQ model's bias is an int32 times a float32 scale s_b, which is the
+        float32 rounding of s_x * s_w, not that product, so it sits ~1e-8 units per unit of bias off
+        the grid (ResNet-18: 1e-5 of a step, enough to round one value of 100,000 differently from the
+        exact reference and, through 16 more layers, a quarter of the logits)."""
+        offsets, displaced = self._solve(bias, fraction)
         if np.any(displaced < 0):
             warnings.warn(f"{self.what}: {len(displaced)} channel(s) x {self.out_range[1] - self.out_range[0]} output "
                           "levels are too many to check; the classic rounding offset is used (not guaranteed exact)",
@@ -271,14 +291,18 @@ class FixedPoint:
                           stacklevel=2)
         return offsets
 
-    def displaced_steps(self, bias: np.ndarray | int = 0) -> np.ndarray:
-        """Per channel, how many output steps ``offset(bias)`` cannot place exactly (0: exact; -1: not
-        checked, see _MAX_CHECKED)."""
-        return self._solve(bias)[1]
+    def displaced_steps(self, bias: np.ndarray | int = 0, fraction: np.ndarray | float | None = None) -> np.ndarray:
+        """Per channel, how many output steps ``offset(bias, fraction)`` cannot place exactly (0: exact;
+        -1: not checked, see _MAX_CHECKED)."""
+        return self._solve(bias, fraction)[1]
 
-    def _solve(self, bias) -> tuple[np.ndarray, np.ndarray]:
+    def _solve(self, bias, fraction=None) -> tuple[np.ndarray, np.ndarray]:
         channels = len(self.multiplier)
         bias = np.broadcast_to(np.asarray(bias, dtype=np.int64).reshape(-1), (channels,))
+        fraction = None if fraction is None else np.broadcast_to(
+            np.asarray(fraction, dtype=np.float64).reshape(-1), (channels,))
+        if fraction is not None:
+            fraction = np.clip(fraction, -0.5, 0.5) if np.any(fraction) else None
         acc_lo, acc_hi = (np.broadcast_to(np.asarray(v, np.int64), (channels,)) for v in self.acc_range)
         b_lo, b_hi = acc_lo + bias, acc_hi + bias  # the exact accumulators b = acc + bias
         if np.any(np.abs(bias) > _MAX_ACC - np.maximum(np.abs(acc_lo), np.abs(acc_hi))):
@@ -287,18 +311,22 @@ class FixedPoint:
                                  "for an int32 accumulator; check the model's bias and scales")
         levels = _level_range(self.out_range, self.real / self.divisor, b_lo, b_hi)
         if channels * len(levels) > _MAX_CHECKED:
-            return self._classic(bias), np.full(channels, -1, np.int64)
+            return self._classic(bias, fraction), np.full(channels, -1, np.int64)
         cached = self._cache.get("levels") is not None and np.array_equal(self._cache["levels"], levels)
         offsets, displaced = np.zeros(channels, np.int64), np.zeros(channels, np.int64)
         for i, block in enumerate(_blocks(channels, len(levels))):
             steps = self._cache["steps"][i] if cached else _step_points(self._ratios(block), levels)
+            if fraction is not None:
+                steps = _shift_steps(steps, levels, self.real[block] / self.divisor, fraction[block])
             offsets[block], displaced[block] = _fit(steps, levels, self.multiplier[block], self.shift[block],
                                                     bias[block], b_lo[block], b_hi[block], self.what)
         return offsets, displaced
 
-    def _classic(self, bias: np.ndarray) -> np.ndarray:
-        """bias*M0 + 2^(s-1): the offset when the steps are not checked."""
-        offsets = [int(b) * int(m) + (1 << (int(s) - 1)) for b, m, s in zip(bias, self.multiplier, self.shift)]
+    def _classic(self, bias: np.ndarray, fraction: np.ndarray | None = None) -> np.ndarray:
+        """(bias + fraction)*M0 + 2^(s-1): the offset when the steps are not checked."""
+        fraction = np.zeros(len(self.multiplier)) if fraction is None else fraction
+        offsets = [int(b) * int(m) + round(float(f) * int(m)) + (1 << (int(s) - 1))
+                   for b, f, m, s in zip(bias, fraction, self.multiplier, self.shift)]
         if not all(_INT64_MIN <= v <= _INT64_MAX for v in offsets):
             raise QCompilerError(f"{self.what}: a requantize offset does not fit int64; check the model's bias and "
                                  "scales")
