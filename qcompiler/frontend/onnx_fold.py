@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from ..signature import TensorSpec
 from .onnx_attrs import node_attributes
+from .onnx_large import infer_shapes
 
 #: Ops whose value must stay an op: the QDQ patterns the lowering matches, and ops that are not functions.
 _KEEP = {"QuantizeLinear", "DequantizeLinear", "If", "Loop", "Scan", "RandomNormal", "RandomUniform",
@@ -77,7 +78,7 @@ def _fix_input_shapes(graph: onnx.GraphProto, inputs: tuple[TensorSpec, ...]) ->
 def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Every tensor whose shape onnx's shape inference determines completely."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is an optimisation here; the importer reports real errors
         return {}
     shapes = {}

@@ -17,6 +17,7 @@ import onnx
 from ..errors import QCompilerError
 from ..signature import ModelSignature, TensorSpec
 from .onnx_fold import fold_constants, static_shapes, with_input_shapes
+from .onnx_large import check_model
 from .onnx_pads import pads_into_convs, same_pads_explicit
 from .onnx_patchify import patch_convs_to_matmuls
 from .onnx_pools import whole_window_pools_to_global
@@ -43,7 +44,7 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPro
         raise QCompilerError(f"{path}: not a readable ONNX model (empty graph); the file is truncated or corrupt, "
                              "re-export it")
     try:
-        onnx.checker.check_model(proto)
+        check_model(proto, str(path))
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0]
         raise QCompilerError(f"{path}: invalid ONNX model: {first}") from None

@@ -36,6 +36,7 @@ from onnx import (AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto
                   numpy_helper)
 
 from ..errors import QCompilerError
+from .onnx_large import infer_shapes
 
 __all__ = ["QOPERATOR_OPS", "qoperator_to_qdq"]
 
@@ -105,7 +106,7 @@ class _Rewriter:
         self._nodes: list[NodeProto] = []
         self._inits: list[TensorProto] = []
         try:  # only for shapes of tensors produced by standard ops; contrib outputs stay unknown
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            inferred = infer_shapes(model, strict_mode=False)
         except Exception:  # noqa: BLE001 - inference is an optional source of facts
             inferred = model
         for graph in _graphs(inferred.graph):
