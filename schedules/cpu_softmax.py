@@ -67,10 +67,11 @@ class CPUSoftmax(dlight.ScheduleRule):
         # elementwise stages other than the exp and the last one are inlined into their consumers
         # (the subtraction of the max into the exp, producers such as a mask add into max and exp),
         # or into their producer (normalize -> quantize -> cast chains into the last block)
-        keep = {blocks[-1]} | {b for b in blocks if _is_reduction(sch, b)
-                               or _name(sch, b).startswith("T_fast_exp") or _name(sch, b).startswith("T_softmax_exp")}
+        # (by name: block names are unique in a PrimFunc, and inlining replaces the blocks' nodes)
+        keep = {_name(sch, b) for b in blocks if b is blocks[-1] or _is_reduction(sch, b)
+                or _name(sch, b).startswith(("T_fast_exp", "T_softmax_exp"))}
         for block in blocks:
-            if sch.get(block) in {sch.get(k) for k in keep}:
+            if _name(sch, block) in keep:
                 continue
             try:
                 sch.compute_inline(block)

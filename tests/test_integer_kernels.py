@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import tvm
 from tvm import relax
 
 import int_reference as ref
@@ -40,18 +41,24 @@ def q(bb, y, scale, zp, dtype):
     return bb.emit(relax.op.quantize(y, relax.const(np.float32(scale)), _c(zp, dtype), axis=-1, out_dtype=dtype))
 
 
-def build_graph(inputs: dict[str, np.ndarray], body, target=None):
-    """main(inputs...) = body(bb, vars), compiled with qcompiler for ``target`` (default the host)."""
+def graph_module(inputs: dict[str, np.ndarray], body) -> tuple[tvm.IRModule, relax.Var]:
+    """The Relax module main(inputs...) = body(bb, vars), and main's output var."""
     bb = relax.BlockBuilder()
     params = [relax.Var(n, relax.TensorType(v.shape, str(v.dtype))) for n, v in inputs.items()]
     with bb.function("main", params):
         with bb.dataflow():
             out = bb.emit_output(body(bb, *params))
         bb.emit_func_output(out)
+    return bb.get(), out
+
+
+def build_graph(inputs: dict[str, np.ndarray], body, target=None):
+    """main(inputs...) = body(bb, vars), compiled with qcompiler for ``target`` (default the host)."""
+    mod, out = graph_module(inputs, body)
     out_ty = out.ty
     sig = ModelSignature(tuple(TensorSpec(n, v.shape, str(v.dtype)) for n, v in inputs.items()),
                          (TensorSpec("y", tuple(int(d) for d in out_ty.shape.values), str(out_ty.dtype)),))
-    return build(bb.get(), sig, target)
+    return build(mod, sig, target)
 
 
 def compile_graph(inputs: dict[str, np.ndarray], body, expect_kernel: str, target=None, ops_out: dict | None = None):

@@ -9,7 +9,7 @@ import pytest
 from tvm import relax
 
 import int_reference as ref
-from test_integer_kernels import dq, q, rand_q, assert_exact, build_graph, f32
+from test_integer_kernels import dq, q, rand_q, assert_exact, build_graph, f32, graph_module
 from qcompiler.build import lower_to_integer
 from qcompiler.target import resolve_target
 
@@ -30,13 +30,7 @@ def _silu_reference(x: np.ndarray, zx: int, zo: int, out_dtype: str) -> np.ndarr
 
 
 def _lowered_text(inputs: dict, body) -> str:
-    bb = relax.BlockBuilder()
-    params = [relax.Var(n, relax.TensorType(v.shape, str(v.dtype))) for n, v in inputs.items()]
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = bb.emit_output(body(bb, *params))
-        bb.emit_func_output(out)
-    return str(lower_to_integer(bb.get(), resolve_target(None)))
+    return str(lower_to_integer(graph_module(inputs, body)[0], resolve_target(None)))
 
 
 @pytest.mark.parametrize("x_dtype,zx,out_dtype,zo", [("uint8", 120, "uint8", 10), ("int8", -5, "int8", -100)])

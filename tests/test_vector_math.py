@@ -9,23 +9,14 @@ import numpy as np
 import pytest
 from tvm import relax
 
-from qcompiler.build import build
-from qcompiler.signature import ModelSignature, TensorSpec
+from test_float_islands import _build_unary
 
 SHAPE = (16, 128)
 
 
 def _compile_unary(make_op):
-    x = relax.Var("x", relax.TensorType(SHAPE, "float32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            out = bb.emit_output(make_op(x))
-        bb.emit_func_output(out)
-    spec = ModelSignature((TensorSpec("x", SHAPE, "float32"),), (TensorSpec("y", SHAPE, "float32"),))
-    model = build(bb.get(), spec)
-    asm = "\n".join(m.inspect_source("asm") for m in model.executable.mod.imports)
-    return model, asm
+    model = _build_unary(SHAPE, make_op)
+    return model, "\n".join(m.inspect_source("asm") for m in model.executable.mod.imports)
 
 
 def _ulp_error(got: np.ndarray, exact: np.ndarray) -> float:

@@ -299,10 +299,10 @@ class FixedPoint:
     def _solve(self, bias, fraction=None) -> tuple[np.ndarray, np.ndarray]:
         channels = len(self.multiplier)
         bias = np.broadcast_to(np.asarray(bias, dtype=np.int64).reshape(-1), (channels,))
-        fraction = None if fraction is None else np.broadcast_to(
-            np.asarray(fraction, dtype=np.float64).reshape(-1), (channels,))
-        if fraction is not None:
-            fraction = np.clip(fraction, -0.5, 0.5) if np.any(fraction) else None
+        if fraction is not None and np.any(fraction):
+            fraction = np.clip(np.broadcast_to(np.asarray(fraction, np.float64).reshape(-1), (channels,)), -0.5, 0.5)
+        else:
+            fraction = None
         acc_lo, acc_hi = (np.broadcast_to(np.asarray(v, np.int64), (channels,)) for v in self.acc_range)
         b_lo, b_hi = acc_lo + bias, acc_hi + bias  # the exact accumulators b = acc + bias
         if np.any(np.abs(bias) > _MAX_ACC - np.maximum(np.abs(acc_lo), np.abs(acc_hi))):
